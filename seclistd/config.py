@@ -1,0 +1,592 @@
+"""Configuration: the one TOML file -> frozen, validated settings.
+
+This module is the only reader of the configuration file. Every key of DESIGN.md §4 is
+known here, with its type, default and check; `load()` collects *every* problem before it
+gives up and reports each as ``file: section.key: what is wrong, what is expected``.
+Secrets may be given inline or as ``*_file`` (a path; a relative path is looked up in
+``$CREDENTIALS_DIRECTORY`` first, so systemd credentials work as they are).
+
+Relative paths in the file (SQLite database, maildir, GnuPG home) are relative to the
+working directory of the process, as with Postfix and Dovecot; the systemd unit sets it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+DEFAULT_PATH = "/etc/seclistd/seclistd.toml"
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_FPR = re.compile(r"^[0-9A-F]{40}$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    name: str
+    security_address: str
+    timezone: str = "UTC"
+    case_prefix: str = "SEC"
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def domain(self) -> str:
+        return self.security_address.rpartition("@")[2]
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:////var/lib/seclistd/seclistd.db"
+
+
+@dataclass(frozen=True)
+class ImapSettings:
+    enabled: bool = True
+    host: str = ""
+    port: int = 993
+    security: str = "tls"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    folder: str = "INBOX"
+    processed_folder: str = "seclistd-processed"
+    quarantine_folder: str = "seclistd-quarantine"
+    idle: bool = True
+    poll_interval: int = 60
+    timeout: int = 60
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8025
+    protocol: str = "smtp"
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    transport: str = "smtp"
+    host: str = "localhost"
+    port: int = 587
+    security: str = "starttls"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    maildir: str = ""
+    timeout: int = 60
+    lease_seconds: int = 300
+    max_age_days: int = 5
+
+
+@dataclass(frozen=True)
+class GnupgSettings:
+    home: str = "/var/lib/seclistd/gnupg"
+    key: str = ""
+    passphrase: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class CalendarSettings:
+    country: str = "US"
+    subdivision: str = ""
+    workdays: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
+    extra_holidays: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SlaSettings:
+    ack_business_days: int = 3
+    remind_after_business_days: tuple[int, ...] = (1, 2)
+    fallback_ack: bool = True
+    reporter_update_days: int = 14
+
+
+@dataclass(frozen=True)
+class TeamMember:
+    email: str
+    name: str = ""
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class TeamSettings:
+    members: tuple[TeamMember, ...] = ()
+    command_auth: str = "pgp"
+
+
+@dataclass(frozen=True)
+class ListSettings:
+    name: str
+    address: str
+    criteria: str | tuple[str, ...] = "oci"
+    require_encryption: bool = True
+    max_embargo_days: int = 14
+    public_addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MembershipSettings:
+    request_expiry_days: int = 30
+    vouches_required: int = 1
+    require_key_proof: bool = True
+
+
+@dataclass(frozen=True)
+class TemplateSettings:
+    dir: str = ""
+
+
+@dataclass(frozen=True)
+class AutoreplySettings:
+    max_per_sender_per_day: int = 5
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_message_bytes: int = 25 * 1024 * 1024
+    max_header_bytes: int = 100 * 1024
+    max_mime_parts: int = 100
+    max_received: int = 50
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: str
+    project: ProjectSettings
+    database: DatabaseSettings
+    imap: ImapSettings
+    listener: ListenerSettings
+    relay: RelaySettings
+    gnupg: GnupgSettings
+    calendar: CalendarSettings
+    sla: SlaSettings
+    team: TeamSettings
+    lists: tuple[ListSettings, ...]
+    membership: MembershipSettings
+    templates: TemplateSettings
+    autoreply: AutoreplySettings
+    limits: LimitSettings
+
+
+# --- checks: each returns None when fine, else "what is wrong, what is expected" ----------
+
+Check = Callable[[Any], str | None]
+
+
+def _is_int(lo: int, hi: int | None = None) -> Check:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int):
+            return f"{v!r} is not a whole number, expected an integer >= {lo}"
+        if v < lo or (hi is not None and v > hi):
+            bound = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
+            return f"{v} is out of range, expected an integer {bound}"
+        return None
+
+    return check
+
+
+def _is_bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"{v!r} is not a boolean, expected true or false"
+
+
+def _is_str(v: Any) -> str | None:
+    return None if isinstance(v, str) else f"{v!r} is not a string, expected a quoted string"
+
+
+def _one_of(*choices: str) -> Check:
+    def check(v: Any) -> str | None:
+        if v in choices:
+            return None
+        return f"{v!r} is not allowed, expected one of " + ", ".join(f'"{c}"' for c in choices)
+
+    return check
+
+
+def _address(v: Any) -> str | None:
+    if not isinstance(v, str) or not _ADDRESS.match(v):
+        return f"{v!r} is not a mail address, expected local@domain"
+    return None
+
+
+def _timezone(v: Any) -> str | None:
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        return f"{v!r} is not a known time zone, expected an IANA name such as \"Europe/Berlin\""
+    return None
+
+
+def _prefix(v: Any) -> str | None:
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Z][A-Z0-9]{1,15}", v):
+        return f"{v!r} is not a case prefix, expected 2-16 capital letters or digits, e.g. \"SEC\""
+    return None
+
+
+def _db_url(v: Any) -> str | None:
+    if not isinstance(v, str) or not re.match(r"^(sqlite|postgresql)(\+\w+)?://", v):
+        return (f"{v!r} is not a database URL, expected sqlite:///PATH or "
+                "postgresql://user@host/db")
+    return None
+
+
+def _str_list(item: Check) -> Check:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list):
+            return f"{v!r} is not a list, expected a list such as [\"a\", \"b\"]"
+        for x in v:
+            problem = item(x)
+            if problem:
+                return problem
+        return None
+
+    return check
+
+
+def _weekday(v: Any) -> str | None:
+    return None if v in WEEKDAYS else f"{v!r} is not a weekday, expected one of {', '.join(WEEKDAYS)}"
+
+
+def _iso_date(v: Any) -> str | None:
+    import datetime as dt
+
+    if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
+        return None
+    try:
+        dt.date.fromisoformat(v)
+    except (TypeError, ValueError):
+        return f"{v!r} is not a date, expected YYYY-MM-DD"
+    return None
+
+
+def _fingerprint(v: Any) -> str | None:
+    if v == "" or (isinstance(v, str) and _FPR.match(v.replace(" ", "").upper())):
+        return None
+    return f"{v!r} is not an OpenPGP fingerprint, expected 40 hexadecimal digits"
+
+
+# section -> key -> (default, check); "REQUIRED" marks keys without default.
+REQUIRED = object()
+_SECRET = object()  # placeholder in the schema for KEY / KEY_file pairs
+
+SCHEMA: dict[str, dict[str, tuple[Any, Check | None]]] = {
+    "project": {
+        "name": (REQUIRED, _is_str),
+        "security_address": (REQUIRED, _address),
+        "timezone": ("UTC", _timezone),
+        "case_prefix": ("SEC", _prefix),
+    },
+    "database": {"url": ("sqlite:////var/lib/seclistd/seclistd.db", _db_url)},
+    "imap": {
+        "enabled": (True, _is_bool),
+        "host": ("", _is_str),
+        "port": (993, _is_int(1, 65535)),
+        "security": ("tls", _one_of("tls", "starttls", "none")),
+        "username": ("", _is_str),
+        "password": (_SECRET, None),
+        "folder": ("INBOX", _is_str),
+        "processed_folder": ("seclistd-processed", _is_str),
+        "quarantine_folder": ("seclistd-quarantine", _is_str),
+        "idle": (True, _is_bool),
+        "poll_interval": (60, _is_int(1)),
+        "timeout": (60, _is_int(1)),
+    },
+    "listener": {
+        "enabled": (False, _is_bool),
+        "host": ("127.0.0.1", _is_str),
+        "port": (8025, _is_int(1, 65535)),
+        "protocol": ("smtp", _one_of("smtp", "lmtp")),
+    },
+    "relay": {
+        "transport": ("smtp", _one_of("smtp", "maildir")),
+        "host": ("localhost", _is_str),
+        "port": (587, _is_int(1, 65535)),
+        "security": ("starttls", _one_of("starttls", "tls", "none")),
+        "username": ("", _is_str),
+        "password": (_SECRET, None),
+        "maildir": ("", _is_str),
+        "timeout": (60, _is_int(1)),
+        "lease_seconds": (300, _is_int(1)),
+        "max_age_days": (5, _is_int(1)),
+    },
+    "gnupg": {
+        "home": ("/var/lib/seclistd/gnupg", _is_str),
+        "key": ("", _fingerprint),
+        "passphrase": (_SECRET, None),
+    },
+    "calendar": {
+        "country": ("US", None),  # checked against the holidays package below
+        "subdivision": ("", _is_str),
+        "workdays": (["mon", "tue", "wed", "thu", "fri"], _str_list(_weekday)),
+        "extra_holidays": ([], _str_list(_iso_date)),
+    },
+    "sla": {
+        "ack_business_days": (3, _is_int(1, 60)),
+        "remind_after_business_days": ([1, 2], None),
+        "fallback_ack": (True, _is_bool),
+        "reporter_update_days": (14, _is_int(1)),
+    },
+    "team": {"members": ([], None), "command_auth": ("pgp", _one_of("pgp"))},
+    "membership": {
+        "request_expiry_days": (30, _is_int(1)),
+        "vouches_required": (1, _is_int(0)),
+        "require_key_proof": (True, _is_bool),
+    },
+    "templates": {"dir": ("", _is_str)},
+    "autoreply": {"max_per_sender_per_day": (5, _is_int(0))},
+    "limits": {
+        "max_message_bytes": (25 * 1024 * 1024, _is_int(1024)),
+        "max_header_bytes": (100 * 1024, _is_int(1024)),
+        "max_mime_parts": (100, _is_int(1)),
+        "max_received": (50, _is_int(1)),
+    },
+}
+
+LIST_SCHEMA: dict[str, tuple[Any, Check | None]] = {
+    "name": (REQUIRED, _is_str),
+    "address": (REQUIRED, _address),
+    "criteria": ("oci", None),
+    "require_encryption": (True, _is_bool),
+    "max_embargo_days": (14, _is_int(1)),
+    "public_addresses": ([], _str_list(_address)),
+}
+
+
+class _Reader:
+    """Walks the parsed TOML, collecting problems instead of stopping at the first."""
+
+    def __init__(self, path: str, data: dict[str, Any]):
+        self.path = path
+        self.data = data
+        self.problems: list[str] = []
+
+    def problem(self, where: str, text: str) -> None:
+        self.problems.append(f"{self.path}: {where}: {text}")
+
+    def section(self, name: str, raw: Any, schema: dict[str, tuple[Any, Check | None]]
+                ) -> dict[str, Any]:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            self.problem(name, "is not a table, expected a [section] with keys")
+            raw = {}
+        known = set(schema) | {f"{k}_file" for k, (d, _) in schema.items() if d is _SECRET}
+        for key in raw:
+            if key not in known:
+                self.problem(f"{name}.{key}", "unknown key, expected one of "
+                             + ", ".join(sorted(known)))
+        out: dict[str, Any] = {}
+        for key, (default, check) in schema.items():
+            if default is _SECRET:
+                out[key] = self.secret(name, key, raw)
+                continue
+            if key not in raw:
+                if default is REQUIRED:
+                    self.problem(f"{name}.{key}", "is missing, expected it to be set")
+                    out[key] = ""
+                else:
+                    out[key] = default
+                continue
+            value = raw[key]
+            bad = check(value) if check else None
+            if bad:
+                self.problem(f"{name}.{key}", bad)
+                out[key] = default if default is not REQUIRED else ""
+            else:
+                out[key] = value
+        return out
+
+    def secret(self, section: str, key: str, raw: dict[str, Any]) -> str:
+        inline, path = raw.get(key), raw.get(f"{key}_file")
+        if inline is not None and path is not None:
+            self.problem(f"{section}.{key}", f"both {key} and {key}_file are set, expected one")
+            return ""
+        if inline is not None:
+            if not isinstance(inline, str):
+                self.problem(f"{section}.{key}", "is not a string, expected a quoted string")
+                return ""
+            return inline
+        if path is None:
+            return ""
+        if not isinstance(path, str):
+            self.problem(f"{section}.{key}_file", "is not a string, expected a file path")
+            return ""
+        resolved = Path(path)
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not resolved.is_absolute() and creds and (Path(creds) / path).exists():
+            resolved = Path(creds) / path
+        try:
+            return resolved.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            self.problem(f"{section}.{key}_file",
+                         f"cannot read {path} ({exc.strerror}), expected a readable file")
+            return ""
+
+
+def _team_members(r: _Reader, raw: Any) -> tuple[TeamMember, ...]:
+    if not isinstance(raw, list):
+        r.problem("team.members", "is not a list, expected [{ email = ..., name = ..., "
+                  "fingerprint = ... }, ...]")
+        return ()
+    members = []
+    for i, item in enumerate(raw):
+        where = f"team.members[{i}]"
+        if not isinstance(item, dict):
+            r.problem(where, "is not a table, expected { email = ..., name = ..., fingerprint = ... }")
+            continue
+        for key in item:
+            if key not in ("email", "name", "fingerprint"):
+                r.problem(f"{where}.{key}", "unknown key, expected email, name or fingerprint")
+        email = item.get("email", "")
+        bad = _address(email)
+        if bad:
+            r.problem(f"{where}.email", bad)
+            continue
+        fpr = item.get("fingerprint", "")
+        bad = _fingerprint(fpr)
+        if bad:
+            r.problem(f"{where}.fingerprint", bad)
+            fpr = ""
+        name = item.get("name", "")
+        if not isinstance(name, str):
+            r.problem(f"{where}.name", "is not a string, expected a quoted string")
+            name = ""
+        members.append(TeamMember(email=email.lower(), name=name,
+                                  fingerprint=fpr.replace(" ", "").upper()))
+    return tuple(members)
+
+
+def _lists(r: _Reader, raw: Any) -> tuple[ListSettings, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        r.problem("lists", "is not an array of tables, expected [[lists]] blocks")
+        return ()
+    out = []
+    for i, item in enumerate(raw):
+        values = r.section(f"lists[{i}]", item, LIST_SCHEMA)
+        crit = values["criteria"]
+        if isinstance(crit, list) and all(isinstance(c, str) for c in crit) and crit:
+            crit = tuple(crit)
+        elif crit not in ("oci", "kubernetes"):
+            r.problem(f"lists[{i}].criteria", f"{crit!r} is not allowed, expected \"oci\", "
+                      "\"kubernetes\" or a list of criteria texts")
+            crit = "oci"
+        values["criteria"] = crit
+        values["public_addresses"] = tuple(values["public_addresses"])
+        out.append(ListSettings(**values))
+    return tuple(out)
+
+
+def parse(path: str, text: str) -> Settings:
+    """Validate TOML text; raise ConfigError listing every problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: (file): not valid TOML ({exc}), expected TOML syntax"]) from exc
+    r = _Reader(path, data)
+    known = set(SCHEMA) | {"lists"}
+    for name in data:
+        if name not in known:
+            r.problem(name, "unknown section, expected one of " + ", ".join(sorted(known)))
+    v = {name: r.section(name, data.get(name), schema) for name, schema in SCHEMA.items()}
+
+    imap = v["imap"]
+    if imap["enabled"]:
+        for key in ("host", "username"):
+            if not imap[key]:
+                r.problem(f"imap.{key}", "is empty while imap.enabled is true, "
+                          "expected a value (or enabled = false)")
+    relay = v["relay"]
+    if relay["transport"] == "maildir" and not relay["maildir"]:
+        r.problem("relay.maildir", "is empty while relay.transport is \"maildir\", "
+                  "expected a directory path")
+    if relay["transport"] == "smtp" and not relay["host"]:
+        r.problem("relay.host", "is empty while relay.transport is \"smtp\", expected a host name")
+
+    cal = v["calendar"]
+    _check_country(r, cal)
+    sla = v["sla"]
+    reminders = sla["remind_after_business_days"]
+    if not isinstance(reminders, list) or any(
+            isinstance(d, bool) or not isinstance(d, int) or not 0 < d < sla["ack_business_days"]
+            for d in reminders):
+        r.problem("sla.remind_after_business_days", f"{reminders!r} is not allowed, expected a "
+                  f"list of whole numbers between 1 and {sla['ack_business_days'] - 1}")
+        reminders = [1, 2]
+    members = _team_members(r, v["team"]["members"])
+    lists = _lists(r, data.get("lists"))
+
+    if r.problems:
+        raise ConfigError(r.problems)
+    return Settings(
+        path=path,
+        project=ProjectSettings(**v["project"]),
+        database=DatabaseSettings(**v["database"]),
+        imap=ImapSettings(**imap),
+        listener=ListenerSettings(**v["listener"]),
+        relay=RelaySettings(**relay),
+        gnupg=GnupgSettings(**v["gnupg"]),
+        calendar=CalendarSettings(
+            country=cal["country"], subdivision=cal["subdivision"],
+            workdays=tuple(cal["workdays"]),
+            extra_holidays=tuple(str(d) for d in cal["extra_holidays"])),
+        sla=SlaSettings(ack_business_days=sla["ack_business_days"],
+                        remind_after_business_days=tuple(sorted(set(reminders))),
+                        fallback_ack=sla["fallback_ack"],
+                        reporter_update_days=sla["reporter_update_days"]),
+        team=TeamSettings(members=members, command_auth=v["team"]["command_auth"]),
+        lists=lists,
+        membership=MembershipSettings(**v["membership"]),
+        templates=TemplateSettings(**v["templates"]),
+        autoreply=AutoreplySettings(**v["autoreply"]),
+        limits=LimitSettings(**v["limits"]),
+    )
+
+
+def _check_country(r: _Reader, cal: dict[str, Any]) -> None:
+    import holidays
+
+    country, subdiv = cal["country"], cal["subdivision"] or None
+    try:
+        holidays.country_holidays(country, subdiv=subdiv)
+    except (NotImplementedError, KeyError, TypeError, AttributeError):
+        r.problem("calendar.country", f"{country!r} is not a country the holidays package knows, "
+                  "expected an ISO 3166-1 alpha-2 code such as \"US\" or \"DE\"")
+        cal["country"] = "US"
+    except ValueError:
+        r.problem("calendar.subdivision", f"{subdiv!r} is not a subdivision of {country}, "
+                  "expected one listed by holidays.list_supported_countries()")
+        cal["subdivision"] = ""
+
+
+def resolve_path(cli_value: str | None) -> str:
+    """The config path: --config, else $SECLISTD_CONFIG, else the system default."""
+    return cli_value or os.environ.get("SECLISTD_CONFIG") or DEFAULT_PATH
+
+
+def load(path: str) -> Settings:
+    """Read and validate the file at ``path``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: (file): cannot read it ({exc.strerror}), expected a "
+                           "readable TOML file (set --config or $SECLISTD_CONFIG)"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: (file): not UTF-8 ({exc.reason}), expected UTF-8 text"]) from exc
+    return parse(path, text)

@@ -1,0 +1,159 @@
+"""Lifecycle of `seclistd run`: start the rooms, handle signals, tell systemd.
+
+Threads: the IMAP intake (one client, its own thread), the aiosmtpd listener (its own event
+loop thread), the relay loop (woken at once when new mail is committed, otherwise every few
+seconds for retries) and the APScheduler sweeps. SIGTERM/SIGINT set one stop event: the
+intake finishes the message in hand, the listener stops accepting, the relay gives back
+unsent leases, and the process exits 0. ``sd_notify`` sends READY, WATCHDOG and STOPPING.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from seclistd import relay, scheduler
+from seclistd.config import Settings
+from seclistd.db import make_engine, session_factory, transaction
+from seclistd.intake import imap
+from seclistd.intake.listener import Handler, make_controller
+
+log = logging.getLogger(__name__)
+
+RELAY_POLL = 5.0
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd about our state over $NOTIFY_SOCKET; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("sd_notify failed: %s", exc)
+
+
+def drain_relay(settings: Settings, factory: sessionmaker[Session],
+                clock: Callable[[], dt.datetime], should_stop: Callable[[], bool] = lambda: False
+                ) -> int:
+    transport = relay.make_transport(settings.relay)
+    try:
+        return relay.drain(factory, settings.relay, transport, clock, relay.lease_owner(),
+                           should_stop=should_stop)
+    finally:
+        transport.close()
+
+
+def run_once(settings: Settings, engine: Engine, clock: Callable[[], dt.datetime] = utcnow
+             ) -> None:
+    """Drain what is waiting: an IMAP pass, the sweeps, then the outbox."""
+    factory = session_factory(engine)
+    scheduler.sweep_once(factory, clock)
+    if settings.imap.enabled:
+        lock = imap.IntakeLock(engine)
+        if lock.acquire():
+            client = imap.connect(settings.imap)
+            try:
+                imap.ensure_folders(client, settings.imap)
+                count = imap.run_pass(client, settings, factory, clock)
+                log.info("IMAP pass stored %d new messages", count)
+            finally:
+                client.logout()
+                lock.release()
+        else:
+            log.info("another daemon holds the IMAP intake; skipping the IMAP pass")
+    sent = drain_relay(settings, factory, clock)
+    log.info("relay sent %d messages", sent)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, engine: Engine | None = None,
+                 clock: Callable[[], dt.datetime] = utcnow):
+        self.settings = settings
+        self.engine = engine or make_engine(settings.database.url)
+        self.factory = session_factory(self.engine)
+        self.clock = clock
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def request_stop(self, *_args: object) -> None:
+        self.stop.set()
+        self.wake.set()
+
+    def _relay_loop(self) -> None:
+        transport = relay.make_transport(self.settings.relay)
+        owner = relay.lease_owner()
+        try:
+            while not self.stop.is_set():
+                self.wake.clear()
+                try:
+                    relay.drain(self.factory, self.settings.relay, transport, self.clock, owner,
+                                should_stop=self.stop.is_set)
+                except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
+                    log.exception("relay pass failed")
+                self.wake.wait(RELAY_POLL)
+        finally:
+            transport.close()
+
+    def _watchdog(self, interval: float) -> None:
+        while not self.stop.wait(interval):
+            sd_notify("WATCHDOG=1")
+
+    def _thread(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        with transaction(self.factory) as session:
+            relay.release_dead_leases(session)
+        sweeps = scheduler.start(self.factory, self.clock)
+        controller = None
+        if self.settings.listener.enabled:
+            handler = Handler(self.settings, self.factory, self.clock, self.wake.set)
+            controller = make_controller(self.settings, handler)
+            controller.start()
+            log.info("listening for %s on %s:%s", self.settings.listener.protocol.upper(),
+                     self.settings.listener.host, self.settings.listener.port)
+        if self.settings.imap.enabled:
+            intake = imap.ImapIntake(self.settings, self.engine, self.factory, self.clock,
+                                     self.stop, self.wake.set)
+            self._thread("imap", intake.run)
+        self._thread("relay", self._relay_loop)
+        watchdog_usec = os.environ.get("WATCHDOG_USEC", "")
+        if watchdog_usec.isdigit():
+            self._thread("watchdog", lambda: self._watchdog(int(watchdog_usec) / 2e6))
+        sd_notify("READY=1")
+        log.info("seclistd running")
+        while not self.stop.wait(1.0):
+            pass
+        sd_notify("STOPPING=1")
+        log.info("stopping")
+        if controller is not None:
+            controller.stop()
+        for thread in self.threads:
+            thread.join(timeout=30)
+        sweeps.shutdown(wait=True)
+        self.engine.dispose()
+        log.info("stopped")
+        return 0

@@ -1,0 +1,219 @@
+"""IMAP intake: IDLE when offered, polling otherwise; move only after commit.
+
+Each pass selects ``imap.folder``, lists its UIDs, stores and processes every message in its
+own transaction (``store.accept``), and only then moves the committed ones to
+``processed_folder`` or ``quarantine_folder`` in one MOVE per chunk. A crash between the
+commit and the MOVE leaves the message in the inbox; the next pass finds its (folder,
+UIDVALIDITY, UID) or its Message-ID + SHA-256 already stored and just moves it. When the
+server changes UIDVALIDITY the content hash still recognises what was stored.
+
+Connections use read timeouts; IDLE is re-issued at least every ``poll_interval`` seconds
+(and never held longer than 25 minutes); any error drops the connection and reconnects with
+exponential backoff. On PostgreSQL only one daemon at a time holds the intake (advisory lock).
+No string taken from a message is ever put into an IMAP command.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from imapclient import IMAPClient, SocketTimeout
+from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from seclistd.config import ImapSettings, Settings
+from seclistd.db import transaction
+from seclistd.intake.store import ImapLocation, accept
+from seclistd.models import DaemonState, Message
+
+log = logging.getLogger(__name__)
+
+CHUNK = 25
+MAX_IDLE = 25 * 60
+ADVISORY_LOCK_KEY = 0x5EC1157D
+
+
+def connect(s: ImapSettings) -> IMAPClient:
+    timeout = SocketTimeout(connect=min(s.timeout, 30), read=s.timeout)
+    context = ssl.create_default_context() if s.security != "none" else None
+    client = IMAPClient(s.host, port=s.port, ssl=s.security == "tls", ssl_context=context,
+                        timeout=timeout)
+    if s.security == "starttls":
+        client.starttls(context)
+    client.login(s.username, s.password)
+    return client
+
+
+def ensure_folders(client: IMAPClient, s: ImapSettings) -> None:
+    for name in (s.processed_folder, s.quarantine_folder):
+        if not client.folder_exists(name):
+            client.create_folder(name)
+
+
+def move(client: IMAPClient, uids: list[int], folder: str) -> None:
+    if not uids:
+        return
+    if client.has_capability("MOVE"):
+        client.move(uids, folder)
+        return
+    client.copy(uids, folder)
+    client.delete_messages(uids)
+    if client.has_capability("UIDPLUS"):
+        client.uid_expunge(uids)
+    else:
+        client.expunge()
+
+
+def set_state(session: Session, key: str, value: str, now: dt.datetime) -> None:
+    row = session.get(DaemonState, key)
+    if row is None:
+        session.add(DaemonState(key=key, value=value, updated_at=now))
+    else:
+        row.value, row.updated_at = value, now
+
+
+def run_pass(client: IMAPClient, settings: Settings, factory: sessionmaker[Session],
+             clock: Callable[[], dt.datetime], stop: threading.Event | None = None,
+             on_commit: Callable[[], None] = lambda: None) -> int:
+    """Take in everything waiting in the folder; returns how many new messages were stored."""
+    s = settings.imap
+    info = client.select_folder(s.folder)
+    uidvalidity = int(info[b"UIDVALIDITY"])
+    uids = sorted(client.search("ALL"))
+    stored_new = 0
+    for start in range(0, len(uids), CHUNK):
+        chunk = uids[start:start + CHUNK]
+        done: dict[str, list[int]] = {s.processed_folder: [], s.quarantine_folder: []}
+        with transaction(factory) as session:
+            known = known_uids(session, s.folder, uidvalidity, chunk)
+        for uid, status in known.items():
+            done[s.quarantine_folder if status == "quarantined" else s.processed_folder].append(uid)
+        wanted = [u for u in chunk if u not in known]
+        fetched: dict[int, Any] = client.fetch(wanted, ["BODY.PEEK[]"]) if wanted else {}
+        for uid in wanted:
+            if stop is not None and stop.is_set():
+                break
+            item = fetched.get(uid)
+            raw = item.get(b"BODY[]") if item else None
+            if raw is None:
+                continue  # expunged meanwhile, or the server did not return it
+            outcome = accept(factory, settings, raw, source="imap", now=clock(),
+                             imap=ImapLocation(s.folder, uidvalidity, uid))
+            if not outcome.duplicate:
+                stored_new += 1
+                on_commit()
+            target = s.quarantine_folder if outcome.status == "quarantined" else s.processed_folder
+            done[target].append(uid)
+        for folder, moved in done.items():
+            move(client, moved, folder)
+        if stop is not None and stop.is_set():
+            break
+    with transaction(factory) as session:
+        now = clock()
+        set_state(session, "last_imap_pass", now.isoformat(), now)
+        set_state(session, "imap_uidvalidity", str(uidvalidity), now)
+    return stored_new
+
+
+def known_uids(session: Session, folder: str, uidvalidity: int, uids: list[int]
+               ) -> dict[int, str]:
+    rows = session.execute(select(Message.imap_uid, Message.status).where(
+        Message.imap_folder == folder, Message.imap_uidvalidity == uidvalidity,
+        Message.imap_uid.in_(uids)))
+    return {uid: status for uid, status in rows}
+
+
+class IntakeLock:
+    """On PostgreSQL, a session advisory lock so that one daemon at a time reads IMAP."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.conn: Connection | None = None
+
+    def acquire(self) -> bool:
+        if self.engine.dialect.name != "postgresql":
+            return True
+        if self.conn is None:
+            self.conn = self.engine.connect()
+        got = bool(self.conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                                     {"k": ADVISORY_LOCK_KEY}).scalar())
+        self.conn.commit()
+        return got
+
+    def release(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+                self.conn.commit()
+            finally:
+                self.conn.close()
+                self.conn = None
+
+
+class ImapIntake:
+    """The daemon's IMAP loop, run in its own thread (one IMAP client per thread)."""
+
+    def __init__(self, settings: Settings, engine: Engine, factory: sessionmaker[Session],
+                 clock: Callable[[], dt.datetime], stop: threading.Event,
+                 on_commit: Callable[[], None] = lambda: None):
+        self.settings = settings
+        self.factory = factory
+        self.clock = clock
+        self.stop = stop
+        self.on_commit = on_commit
+        self.lock = IntakeLock(engine)
+
+    def run(self) -> None:
+        s = self.settings.imap
+        delay = 1.0
+        while not self.stop.is_set():
+            try:
+                if not self.lock.acquire():
+                    log.info("another daemon holds the IMAP intake; standing by")
+                    self.stop.wait(s.poll_interval)
+                    continue
+                self._session()
+                delay = 1.0
+            except Exception as exc:  # noqa: BLE001 - any failure: reconnect with backoff
+                log.warning("IMAP %s:%s: %s: %s; reconnecting in %.0fs", s.host, s.port,
+                            type(exc).__name__, exc, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 300.0)
+        self.lock.release()
+
+    def _session(self) -> None:
+        s = self.settings.imap
+        client = connect(s)
+        try:
+            ensure_folders(client, s)
+            log.info("IMAP connected to %s:%s, folder %s", s.host, s.port, s.folder)
+            idle = s.idle and client.has_capability("IDLE")
+            while not self.stop.is_set():
+                run_pass(client, self.settings, self.factory, self.clock, self.stop,
+                         self.on_commit)
+                if idle:
+                    self._idle(client)
+                else:
+                    self.stop.wait(s.poll_interval)
+        finally:
+            try:
+                client.logout()
+            except Exception:  # noqa: BLE001 - the connection may be gone already
+                pass
+
+    def _idle(self, client: IMAPClient) -> None:
+        limit = min(self.settings.imap.poll_interval, MAX_IDLE)
+        client.idle()
+        started = time.monotonic()
+        try:
+            while not self.stop.is_set() and time.monotonic() - started < limit:
+                if client.idle_check(timeout=1):
+                    break
+        finally:
+            client.idle_done()

@@ -1,0 +1,78 @@
+"""Built-in SMTP/LMTP listener (aiosmtpd): answers 250 only after the commit.
+
+The handler prepends a ``Return-Path`` from the envelope sender, as a delivery agent does,
+and hands the bytes to ``store.accept`` in a worker thread. Only our own addresses are
+accepted as recipients. Any failure answers 451 so the client keeps the message and
+retries; oversized messages are refused by aiosmtpd with 552 before they are read.
+LMTP answers one line per recipient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.lmtp import LMTP
+from sqlalchemy.orm import Session, sessionmaker
+
+from seclistd.config import Settings
+from seclistd.intake.store import accept
+from seclistd.mail.compose import clean
+from seclistd.workflows.report import own_addresses
+
+log = logging.getLogger(__name__)
+
+
+class Handler:
+    def __init__(self, settings: Settings, factory: sessionmaker[Session],
+                 clock: Callable[[], dt.datetime], on_commit: Callable[[], None] = lambda: None):
+        self.settings = settings
+        self.factory = factory
+        self.clock = clock
+        self.on_commit = on_commit
+        self.own = own_addresses(settings)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        if address.lower() not in self.own:
+            return "550 5.1.1 no such mailbox here"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        content = envelope.original_content or envelope.content
+        raw = content if isinstance(content, bytes) else content.encode("utf-8", "surrogateescape")
+        mail_from = clean(envelope.mail_from or "", 320).strip("<>")
+        raw = f"Return-Path: <{mail_from}>\r\n".encode() + raw
+        protocol = self.settings.listener.protocol
+        try:
+            outcome = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: accept(self.factory, self.settings, raw, source=protocol,
+                                     now=self.clock(), envelope_from=mail_from,
+                                     envelope_to=list(envelope.rcpt_tos)))
+        except Exception:  # noqa: BLE001 - the client keeps the message and retries
+            log.exception("listener could not store a message")
+            return self._answer(envelope, "451 4.3.0 temporary failure, please try again later")
+        self.on_commit()
+        return self._answer(envelope, f"250 2.0.0 stored as message {outcome.id}")
+
+    def _answer(self, envelope: Any, line: str) -> str:
+        if self.settings.listener.protocol == "lmtp":
+            return "\r\n".join(line for _ in envelope.rcpt_tos)
+        return line
+
+
+class LMTPController(Controller):
+    def factory(self) -> LMTP:
+        return LMTP(self.handler, **self.SMTP_kwargs)
+
+
+def make_controller(settings: Settings, handler: Handler) -> Controller:
+    lst = settings.listener
+    cls = LMTPController if lst.protocol == "lmtp" else Controller
+    return cls(handler, hostname=lst.host, port=lst.port,
+               data_size_limit=settings.limits.max_message_bytes, enable_SMTPUTF8=True)

@@ -1,0 +1,1 @@
+"""Mail handling: parsing, classification, loop rules, composing and rendering."""

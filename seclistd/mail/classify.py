@@ -1,0 +1,128 @@
+"""Classification: ordered rule functions turn a parsed message into a Route.
+
+Order matters and is the policy: loops are refused first; bounces and automatic replies are
+attached to the case they answer (or quarantined when they answer nothing of ours, so they
+never open a case that pages the team); then replies on an existing case (In-Reply-To and
+References first, the ``[SEC-…]`` subject tag second); a message without a usable From is
+quarantined; everything else is a new report.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from seclistd.mail import loops
+from seclistd.mail.parse import ParsedMail
+from seclistd.models import Case, Message, Outbox
+
+_DSN_MSGID = re.compile(rb"^message-id:[ \t]*(<[^<>\s]{1,900}>)", re.I | re.M)
+
+
+@dataclass(frozen=True)
+class Route:
+    kind: str  # "quarantine" | "reply" | "new_report"
+    label: str  # what the message is: loop, bounce, auto_reply, reply, new_report, ...
+    case_id: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Context:
+    session: Session
+    mail: ParsedMail
+    raw: bytes
+    own_addresses: frozenset[str]
+    case_prefix: str
+    max_received: int
+
+
+def case_by_thread(session: Session, ids: list[str]) -> str | None:
+    """The case a list of Message-IDs belongs to, newest reference first."""
+    if not ids:
+        return None
+    ids = list(dict.fromkeys(reversed(ids)))
+    found: dict[str, str] = {}
+    for mid, case_id in session.execute(
+            select(Message.message_id, Message.case_id)
+            .where(Message.message_id.in_(ids), Message.case_id.is_not(None))):
+        found.setdefault(mid, case_id)
+    for mid, case_id in session.execute(
+            select(Outbox.message_id, Outbox.case_id)
+            .where(Outbox.message_id.in_(ids), Outbox.case_id.is_not(None))):
+        found.setdefault(mid, case_id)
+    for mid in ids:
+        if mid in found:
+            return found[mid]
+    return None
+
+
+def case_by_subject(session: Session, subject: str, prefix: str) -> str | None:
+    for match in re.finditer(rf"\[({re.escape(prefix)}-\d{{4}}-\d{{4,6}})\]", subject or ""):
+        if session.get(Case, match.group(1)) is not None:
+            return match.group(1)
+    return None
+
+
+def threaded_case(ctx: Context) -> str | None:
+    mail = ctx.mail
+    return (case_by_thread(ctx.session, mail.in_reply_to + mail.references)
+            or case_by_subject(ctx.session, mail.subject, ctx.case_prefix))
+
+
+def rule_loop(ctx: Context) -> Route | None:
+    reason = loops.loop_reason(ctx.mail, ctx.own_addresses, ctx.max_received)
+    return Route("quarantine", "loop", reason=reason) if reason else None
+
+
+def rule_bounce(ctx: Context) -> Route | None:
+    if not loops.is_bounce(ctx.mail):
+        return None
+    case_id = threaded_case(ctx) or case_by_thread(
+        ctx.session, [m.decode("ascii", "replace") for m in _DSN_MSGID.findall(ctx.raw)[:50]])
+    if case_id:
+        return Route("reply", "bounce", case_id=case_id)
+    return Route("quarantine", "bounce", reason="delivery status notification that matches "
+                 "no mail we sent")
+
+
+def rule_auto_reply(ctx: Context) -> Route | None:
+    if not loops.is_auto_reply(ctx.mail):
+        return None
+    case_id = threaded_case(ctx)
+    if case_id:
+        return Route("reply", "auto_reply", case_id=case_id)
+    return Route("quarantine", "auto_reply", reason="automatic reply that matches no case")
+
+
+def rule_reply(ctx: Context) -> Route | None:
+    case_id = threaded_case(ctx)
+    return Route("reply", "reply", case_id=case_id) if case_id else None
+
+
+def rule_sender(ctx: Context) -> Route | None:
+    if ctx.mail.from_addr:
+        return None
+    return Route("quarantine", "bad_sender",
+                 reason=f"cannot open a case: {ctx.mail.from_problem}")
+
+
+def rule_new_report(ctx: Context) -> Route | None:
+    return Route("new_report", "new_report")
+
+
+RULES: tuple[Callable[[Context], Route | None], ...] = (
+    rule_loop, rule_bounce, rule_auto_reply, rule_reply, rule_sender, rule_new_report,
+)
+
+
+def classify(ctx: Context) -> Route:
+    for rule in RULES:
+        route = rule(ctx)
+        if route is not None:
+            return route
+    raise AssertionError("rule_new_report always answers")

@@ -1,0 +1,45 @@
+"""The transactional outbox: outgoing mail is written in the caller's transaction.
+
+``enqueue`` renders nothing itself: it takes a finished body, fixes the Message-ID, builds
+the bytes from sanitised strings and adds one row per envelope recipient to the session the
+caller is committing with its state change. The relay (``seclistd.relay``) sends rows later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from seclistd.config import Settings
+from seclistd.mail import compose
+from seclistd.models import Outbox
+
+STATUSES = ("pending", "sent", "failed", "held")
+
+
+def enqueue(session: Session, now: dt.datetime, settings: Settings, *, kind: str, to: str,
+            subject: str, body: str, case_id: str | None = None, to_name: str = "",
+            in_reply_to: str | None = None, references: list[str] | None = None,
+            auto: bool = False) -> Outbox:
+    project = settings.project
+    message_id = compose.new_message_id(project.domain)
+    raw = compose.build(
+        from_addr=compose.address(project.security_address, f"{project.name} security team"),
+        to_addr=compose.address(to, to_name), subject=subject, body=body,
+        message_id=message_id, now=now, in_reply_to=in_reply_to, references=references,
+        auto_submitted="auto-replied" if auto else "auto-generated" if kind != "reply" else None,
+        loop_address=project.security_address)
+    row = Outbox(case_id=case_id, kind=kind, auto=auto, to_addr=compose.clean(to, 320).lower(),
+                 envelope_from=project.security_address, subject=compose.clean(subject),
+                 message_id=message_id, raw=raw, status="pending", encrypted=False,
+                 attempts=0, created_at=now, next_attempt_at=now)
+    session.add(row)
+    return row
+
+
+def automatic_answers_since(session: Session, to: str, since: dt.datetime) -> int:
+    """How many automatic answers went (or are going) to ``to`` since ``since``."""
+    return session.scalar(select(func.count(Outbox.id)).where(
+        Outbox.auto.is_(True), Outbox.to_addr == to.lower(), Outbox.created_at >= since)) or 0

@@ -1,0 +1,253 @@
+"""The relay: claims due outbox rows and sends them by SMTP or into a maildir.
+
+Rows are claimed with a lease (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, the
+``BEGIN IMMEDIATE`` write lock on SQLite), sent one by one outside any transaction, and each
+is marked sent in its own short transaction right after the server accepted it. A crash
+can therefore cause at most the one in-flight mail to go out twice, never a loss. Leases of
+a dead process on this host are released at start; others expire after
+``relay.lease_seconds``.
+
+Temporary failures are retried with Postfix's backoff (300 s doubling to 4000 s) until
+``relay.max_age_days``; permanent (5xx) failures and give-ups are marked ``failed`` and
+logged, never dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import mailbox
+import os
+import smtplib
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Protocol
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from seclistd.config import RelaySettings
+from seclistd.db import transaction
+from seclistd.models import Outbox
+
+log = logging.getLogger(__name__)
+
+FIRST_RETRY = 300
+MAX_BACKOFF = 4000
+
+
+class TemporaryFailure(Exception):
+    pass
+
+
+class PermanentFailure(Exception):
+    pass
+
+
+class Transport(Protocol):
+    def send(self, envelope_from: str, to: str, raw: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SmtpTransport:
+    """One SMTP connection reused across a batch; reconnects after any error."""
+
+    def __init__(self, settings: RelaySettings, context: ssl.SSLContext | None = None):
+        self.settings = settings
+        self.context = context or ssl.create_default_context()
+        self.conn: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        conn: smtplib.SMTP
+        if s.security == "tls":
+            conn = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=self.context)
+        else:
+            conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+        conn.ehlo()
+        if s.security == "starttls":
+            conn.starttls(context=self.context)
+            conn.ehlo()
+        if s.username:
+            conn.login(s.username, s.password)
+        return conn
+
+    def send(self, envelope_from: str, to: str, raw: bytes) -> None:
+        try:
+            if self.conn is None:
+                self.conn = self._connect()
+            self.conn.sendmail(envelope_from, [to], raw)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, text = next(iter(exc.recipients.values()))
+            self._classify(code, text)
+        except smtplib.SMTPResponseException as exc:
+            self._reset()
+            self._classify(exc.smtp_code, exc.smtp_error)
+        except (smtplib.SMTPException, OSError) as exc:
+            self._reset()
+            raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _classify(code: int, text: bytes | str) -> None:
+        message = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+        if 500 <= code < 600:
+            raise PermanentFailure(f"{code} {message}")
+        raise TemporaryFailure(f"{code} {message}")
+
+    def _reset(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+        self._reset()
+
+
+class MaildirTransport:
+    """Writes each mail into a maildir (the development default), as an MDA would."""
+
+    def __init__(self, path: str):
+        self.box = mailbox.Maildir(path, create=True)
+
+    def send(self, envelope_from: str, to: str, raw: bytes) -> None:
+        head = f"Return-Path: <{envelope_from}>\nDelivered-To: {to}\n".encode()
+        try:
+            self.box.add(head + raw.replace(b"\r\n", b"\n"))
+        except OSError as exc:
+            raise TemporaryFailure(f"cannot write to maildir: {exc}") from exc
+
+    def close(self) -> None:
+        pass
+
+
+def make_transport(settings: RelaySettings) -> Transport:
+    if settings.transport == "maildir":
+        return MaildirTransport(settings.maildir)
+    return SmtpTransport(settings)
+
+
+def lease_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_dead_leases(session: Session) -> int:
+    """Free rows leased by processes on this host that no longer run."""
+    host = socket.gethostname()
+    rows = session.scalars(select(Outbox).where(
+        Outbox.status == "pending", Outbox.lease_owner.like(f"{host}:%"))).all()
+    freed = 0
+    for row in rows:
+        pid = row.lease_owner.rpartition(":")[2] if row.lease_owner else ""
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            row.lease_owner, row.lease_until = None, None
+            freed += 1
+    return freed
+
+
+def claim(session: Session, now: dt.datetime, owner: str, limit: int,
+          lease_seconds: int) -> list[Outbox]:
+    rows = session.scalars(
+        select(Outbox)
+        .where(Outbox.status == "pending", Outbox.next_attempt_at <= now,
+               (Outbox.lease_until.is_(None)) | (Outbox.lease_until < now))
+        .order_by(Outbox.next_attempt_at, Outbox.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)).all()
+    for row in rows:
+        row.lease_owner = owner
+        row.lease_until = now + dt.timedelta(seconds=lease_seconds)
+    return list(rows)
+
+
+def backoff(attempts: int) -> int:
+    """Seconds before the next try after ``attempts`` failed tries (Postfix's defaults)."""
+    return min(FIRST_RETRY * 2 ** max(attempts - 1, 0), MAX_BACKOFF)
+
+
+def _finish(factory: sessionmaker[Session], row_id: int, owner: str, **values: object) -> None:
+    with transaction(factory) as session:
+        session.execute(update(Outbox).where(Outbox.id == row_id, Outbox.lease_owner == owner)
+                        .values(lease_owner=None, lease_until=None, **values))
+
+
+def drain(factory: sessionmaker[Session], settings: RelaySettings, transport: Transport,
+          clock: Callable[[], dt.datetime], owner: str, *, batch: int = 50,
+          should_stop: Callable[[], bool] = lambda: False) -> int:
+    """Send every due row; returns how many were sent."""
+    sent = 0
+    while not should_stop():
+        now = clock()
+        with transaction(factory) as session:
+            rows = [(r.id, r.envelope_from, r.to_addr, r.raw, r.attempts, r.created_at)
+                    for r in claim(session, now, owner, batch, settings.lease_seconds)]
+        if not rows:
+            break
+        for row_id, env_from, to, raw, attempts, created in rows:
+            if should_stop():
+                _finish(factory, row_id, owner)  # give the lease back
+                continue
+            try:
+                transport.send(env_from, to, raw)
+            except PermanentFailure as exc:
+                log.error("outbox %s to %s failed permanently: %s", row_id, to, exc)
+                _finish(factory, row_id, owner, status="failed", attempts=attempts + 1,
+                        last_error=str(exc)[:2000])
+            except TemporaryFailure as exc:
+                now = clock()
+                if now - created > dt.timedelta(days=settings.max_age_days):
+                    log.error("outbox %s to %s: giving up after %s days: %s", row_id, to,
+                              settings.max_age_days, exc)
+                    _finish(factory, row_id, owner, status="failed", attempts=attempts + 1,
+                            last_error=f"gave up after {settings.max_age_days} days: {exc}"[:2000])
+                else:
+                    delay = backoff(attempts + 1)
+                    log.warning("outbox %s to %s deferred %ss: %s", row_id, to, delay, exc)
+                    _finish(factory, row_id, owner, attempts=attempts + 1,
+                            last_error=str(exc)[:2000],
+                            next_attempt_at=now + dt.timedelta(seconds=delay))
+            else:
+                _finish(factory, row_id, owner, status="sent", attempts=attempts + 1,
+                        sent_at=clock(), last_error=None)
+                sent += 1
+                log.info("outbox %s sent to %s", row_id, to)
+    return sent
+
+
+class NotRetryable(Exception):
+    pass
+
+
+def retry(session: Session, now: dt.datetime, row_id: int) -> Outbox:
+    """Make a failed, held or deferred row due now."""
+    row = session.get(Outbox, row_id)
+    if row is None:
+        raise LookupError(row_id)
+    if row.status == "sent":
+        raise NotRetryable(f"outbox {row_id} was already sent at {row.sent_at.isoformat()}"
+                           if row.sent_at else f"outbox {row_id} was already sent")
+    if row.status == "failed":
+        row.created_at = now  # a new delivery window: max_age_days counts from the retry
+    row.status = "pending"
+    row.next_attempt_at = now
+    row.lease_owner, row.lease_until = None, None
+    return row

@@ -1,0 +1,55 @@
+"""Scheduled sweeps: short APScheduler jobs that each claim due rows in their own transaction.
+
+Deadlines live in our own tables, never in an APScheduler job store, so several daemons on
+one database never double-fire (APScheduler's FAQ: processes must not share a job store).
+``sweep_once`` runs every sweep once, for ``run --once``; ``start`` schedules them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.orm import Session, sessionmaker
+
+from seclistd.db import transaction
+from seclistd.relay import release_dead_leases
+
+log = logging.getLogger(__name__)
+
+Sweep = Callable[[Session, dt.datetime], int]
+
+
+def sweep_leases(session: Session, now: dt.datetime) -> int:
+    freed = release_dead_leases(session)
+    if freed:
+        log.info("released %d outbox leases of processes that died", freed)
+    return freed
+
+
+SWEEPS: dict[str, tuple[Sweep, int]] = {
+    "leases": (sweep_leases, 60),
+}
+
+
+def run_sweep(factory: sessionmaker[Session], clock: Callable[[], dt.datetime],
+              sweep: Sweep) -> int:
+    with transaction(factory) as session:
+        return sweep(session, clock())
+
+
+def sweep_once(factory: sessionmaker[Session], clock: Callable[[], dt.datetime]) -> None:
+    for sweep, _interval in SWEEPS.values():
+        run_sweep(factory, clock, sweep)
+
+
+def start(factory: sessionmaker[Session], clock: Callable[[], dt.datetime]) -> BackgroundScheduler:
+    scheduler = BackgroundScheduler(job_defaults={
+        "misfire_grace_time": 1, "coalesce": True, "max_instances": 1}, timezone=dt.UTC)
+    for name, (sweep, interval) in SWEEPS.items():
+        scheduler.add_job(run_sweep, "interval", seconds=interval, id=name,
+                          args=(factory, clock, sweep), next_run_time=clock())
+    scheduler.start()
+    return scheduler

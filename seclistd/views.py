@@ -1,0 +1,133 @@
+"""Read-only views: the JSON documents of the interface contract (DESIGN.md §4).
+
+Each function takes a session (and ``now`` where time matters) and returns plain dicts and
+lists ready for ``json.dumps``; the CLI formats them as text or JSON. Timestamps are ISO
+8601 with offset, in ``project.timezone``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from email import message_from_bytes, policy
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from seclistd.models import Case, DaemonState, Message, Outbox
+from seclistd.workflows import states
+
+SLA_RISK_WINDOW = dt.timedelta(hours=24)
+
+
+def iso(when: dt.datetime | None, tz: ZoneInfo) -> str | None:
+    return when.astimezone(tz).isoformat() if when else None
+
+
+def case_summary(case: Case, tz: ZoneInfo) -> dict[str, Any]:
+    return {
+        "id": case.id, "state": case.state, "resolution": case.resolution,
+        "subject": case.subject, "reporter": case.reporter, "handler": case.handler,
+        "received_at": iso(case.received_at, tz), "ack_due": iso(case.ack_due, tz),
+        "acknowledged_at": iso(case.acknowledged_at, tz),
+        "embargo_until": iso(case.embargo_until, tz),
+    }
+
+
+def list_cases(session: Session, tz: ZoneInfo, state: str | None = None) -> list[dict[str, Any]]:
+    query = select(Case).order_by(Case.received_at, Case.id)
+    if state:
+        query = query.where(Case.state == state)
+    return [case_summary(c, tz) for c in session.scalars(query)]
+
+
+def _outgoing_text(raw: bytes) -> str:
+    msg = message_from_bytes(raw, policy=policy.default)
+    body = msg.get_body(preferencelist=("plain",))
+    return body.get_content() if body is not None else ""
+
+
+def show_case(session: Session, tz: ZoneInfo, case_id: str) -> dict[str, Any] | None:
+    case = session.get(Case, case_id)
+    if case is None:
+        return None
+    doc = case_summary(case, tz)
+    doc["missing_information"] = list(case.missing_information or [])
+    entries: list[tuple[dt.datetime, int, dict[str, Any]]] = []
+    for m in session.scalars(select(Message).where(Message.case_id == case.id)):
+        entries.append((m.received_at, 0, {
+            "direction": "in", "from": m.from_addr, "to": m.to_addrs, "subject": m.subject,
+            "at": iso(m.received_at, tz), "text": m.text or "", "kind": m.route}))
+    for o in session.scalars(select(Outbox).where(Outbox.case_id == case.id)):
+        entries.append((o.created_at, 1, {
+            "direction": "out", "from": o.envelope_from, "to": o.to_addr, "subject": o.subject,
+            "at": iso(o.created_at, tz), "text": _outgoing_text(o.raw), "kind": o.kind,
+            "status": o.status}))
+    doc["messages"] = [e for _, _, e in sorted(entries, key=lambda e: (e[0], e[1]))]
+    doc["events"] = [{"at": iso(e.at, tz), "actor": e.actor, "action": e.action,
+                      "from_state": e.from_state, "to_state": e.to_state, "detail": e.detail}
+                     for e in case.events]
+    doc["announcement"] = {"until": iso(case.embargo_until, tz), "recipients": []}
+    return doc
+
+
+def outbox_row(o: Outbox, tz: ZoneInfo) -> dict[str, Any]:
+    return {"id": o.id, "case_id": o.case_id, "to": o.to_addr, "subject": o.subject,
+            "status": o.status, "attempts": o.attempts, "message_id": o.message_id,
+            "encrypted": o.encrypted, "kind": o.kind, "created_at": iso(o.created_at, tz),
+            "next_attempt_at": iso(o.next_attempt_at, tz) if o.status == "pending" else None,
+            "last_error": o.last_error}
+
+
+def list_outbox(session: Session, tz: ZoneInfo, status: str | None = None
+                ) -> list[dict[str, Any]]:
+    query = select(Outbox).order_by(Outbox.id)
+    if status:
+        query = query.where(Outbox.status == status)
+    return [outbox_row(o, tz) for o in session.scalars(query)]
+
+
+def quarantine_row(m: Message, tz: ZoneInfo) -> dict[str, Any]:
+    return {"id": m.id, "received_at": iso(m.received_at, tz), "source": m.source,
+            "from": m.from_addr, "subject": m.subject, "size": m.size,
+            "message_id": m.message_id, "reason": m.quarantine_reason}
+
+
+def list_quarantine(session: Session, tz: ZoneInfo) -> list[dict[str, Any]]:
+    query = select(Message).where(Message.status == "quarantined").order_by(Message.id)
+    return [quarantine_row(m, tz) for m in session.scalars(query)]
+
+
+def show_quarantined(session: Session, tz: ZoneInfo, message_id: int, excerpt: int = 8192
+                     ) -> dict[str, Any] | None:
+    m = session.get(Message, message_id)
+    if m is None or m.status != "quarantined":
+        return None
+    doc = quarantine_row(m, tz)
+    doc["envelope_from"] = m.envelope_from
+    doc["sha256"] = m.sha256
+    doc["raw_excerpt"] = m.raw[:excerpt].decode("utf-8", "replace")
+    return doc
+
+
+def _counts(session: Session, column: Any) -> dict[str, int]:
+    return {k: v for k, v in session.execute(select(column, func.count()).group_by(column))}
+
+
+def status(session: Session, now: dt.datetime, tz: ZoneInfo) -> dict[str, Any]:
+    by_state = {s: 0 for s in states.STATES} | _counts(session, Case.state)
+    by_status = {s: 0 for s in ("pending", "sent", "failed", "held")} | _counts(
+        session, Outbox.status)
+    at_risk = session.scalar(select(func.count(Case.id)).where(
+        Case.state == states.NEW, Case.ack_due <= now + SLA_RISK_WINDOW)) or 0
+    last = session.get(DaemonState, "last_imap_pass")
+    return {
+        "messages_total": session.scalar(select(func.count(Message.id))) or 0,
+        "quarantined": session.scalar(select(func.count(Message.id)).where(
+            Message.status == "quarantined")) or 0,
+        "cases_by_state": by_state,
+        "outbox_by_status": by_status,
+        "sla_at_risk": at_risk,
+        "last_imap_pass": iso(dt.datetime.fromisoformat(last.value), tz) if last else None,
+    }

@@ -1,0 +1,1 @@
+"""Workflows: state changes with their audit events and the mail they cause."""

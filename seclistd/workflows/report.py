@@ -1,0 +1,138 @@
+"""The report workflow: open a case for a new report, attach replies to existing cases.
+
+Everything here runs inside the caller's transaction: the case, its audit events and the
+mail it causes (receipt, team notices) are committed together or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy.orm import Session
+
+from seclistd.calendar import BusinessCalendar
+from seclistd.config import Settings
+from seclistd.mail import compose, loops
+from seclistd.mail.parse import ParsedMail
+from seclistd.mail.render import render
+from seclistd.models import Case, Counter, Event, Message
+from seclistd.outbox import automatic_answers_since, enqueue
+from seclistd.workflows import states
+
+SYSTEM = "seclistd"
+
+
+def next_id(session: Session, name: str, prefix: str, year: int) -> str:
+    """The next ``PREFIX-YEAR-NNNN`` for ``name``, numbered per year, under a row lock."""
+    counter = session.get(Counter, (name, year), with_for_update=True)
+    if counter is None:
+        counter = Counter(name=name, year=year, value=0)
+        session.add(counter)
+    counter.value += 1
+    session.flush()
+    return f"{prefix}-{year}-{counter.value:04d}"
+
+
+def local_time(settings: Settings, when: dt.datetime) -> str:
+    return when.astimezone(settings.project.tz).strftime("%A %d %B %Y, %H:%M %Z")
+
+
+def open_case(session: Session, now: dt.datetime, settings: Settings, message: Message,
+              mail: ParsedMail) -> Case:
+    """Open a case in state ``new`` with its receipt and team notices."""
+    tz = settings.project.tz
+    received = message.received_at
+    calendar = BusinessCalendar(settings.calendar, tz)
+    case_id = next_id(session, "case", settings.project.case_prefix,
+                      received.astimezone(tz).year)
+    assert mail.from_addr is not None
+    own = own_addresses(settings)
+    case = Case(id=case_id, state=states.NEW, subject=compose.clean(mail.subject, 500),
+                reporter=mail.from_addr, reporter_name=compose.clean(mail.from_name, 200),
+                reply_to=loops.reply_address(mail), received_at=received,
+                ack_due=calendar.deadline(received, settings.sla.ack_business_days),
+                missing_information=[], encrypted=False, waiting_on="team",
+                root_message_id=mail.message_id)
+    session.add(case)
+    session.flush()
+    message.case_id = case.id
+    session.add(Event(case_id=case.id, at=now, actor=mail.from_addr, action="open",
+                      from_state=None, to_state=states.NEW,
+                      detail=f"report received via {message.source}"))
+
+    withheld = no_receipt_reason(session, now, settings, mail, own)
+    if withheld:
+        receipt_status = f"withheld ({withheld})"
+        states.record(session, now, case, actor=SYSTEM, action="receipt_withheld",
+                      detail=withheld)
+    else:
+        to = loops.reply_address(mail)
+        assert to is not None
+        body = render("receipt.txt.j2", settings.templates.dir, case_id=case.id,
+                      project=settings.project.name, reporter_name=case.reporter_name,
+                      ack_due=local_time(settings, case.ack_due),
+                      missing=case.missing_information, subject=case.subject or "(none)",
+                      security_address=settings.project.security_address)
+        enqueue(session, now, settings, kind="receipt", to=to, to_name=case.reporter_name or "",
+                subject=compose.tagged_subject(case.id, mail.subject), body=body,
+                case_id=case.id, in_reply_to=mail.message_id,
+                references=mail.references + ([mail.message_id] if mail.message_id else []),
+                auto=True)
+        receipt_status = f"sent to {to}"
+        states.record(session, now, case, actor=SYSTEM, action="receipt",
+                      detail=f"automatic receipt to {to}")
+
+    notify_team(session, now, settings, case, mail, receipt_status)
+    return case
+
+
+def notify_team(session: Session, now: dt.datetime, settings: Settings, case: Case,
+                mail: ParsedMail, receipt_status: str) -> None:
+    members = settings.team.members
+    if not members:
+        return
+    body = render("team_new_case.txt.j2", settings.templates.dir, case_id=case.id,
+                  security_address=settings.project.security_address,
+                  reporter=case.reporter, received_at=local_time(settings, case.received_at),
+                  ack_due=local_time(settings, case.ack_due), receipt_status=receipt_status,
+                  encrypted=case.encrypted, attachments=[a for a in mail.attachments if a],
+                  subject=case.subject or "(none)", text=mail.text)
+    subject = compose.tagged_subject(case.id, f"New report: {mail.subject}")
+    for member in members:
+        enqueue(session, now, settings, kind="team_new_case", to=member.email,
+                to_name=member.name, subject=subject, body=body, case_id=case.id,
+                in_reply_to=mail.message_id)
+    states.record(session, now, case, actor=SYSTEM, action="team_notified",
+                  detail=", ".join(m.email for m in members))
+
+
+def no_receipt_reason(session: Session, now: dt.datetime, settings: Settings, mail: ParsedMail,
+                      own: frozenset[str]) -> str | None:
+    reason = loops.no_autoreply_reason(mail, own)
+    if reason:
+        return reason
+    to = loops.reply_address(mail)
+    assert to is not None
+    limit = settings.autoreply.max_per_sender_per_day
+    if automatic_answers_since(session, to, now - dt.timedelta(days=1)) >= limit:
+        return (f"{to} already had {limit} automatic answers in 24 hours "
+                "(autoreply.max_per_sender_per_day)")
+    return None
+
+
+def attach_reply(session: Session, now: dt.datetime, case: Case, message: Message,
+                 mail: ParsedMail, label: str) -> None:
+    """Record a reply (or a bounce or automatic reply) on its case; never answer it."""
+    message.case_id = case.id
+    who = mail.from_addr or "(unknown sender)"
+    if label == "reply" and who == case.reporter:
+        case.waiting_on = "team"
+    detail = {"reply": f"message from {who}", "bounce": f"delivery failure report from {who}",
+              "auto_reply": f"automatic reply from {who}"}.get(label, label)
+    states.record(session, now, case, actor=who, action=label, detail=detail)
+
+
+def own_addresses(settings: Settings) -> frozenset[str]:
+    addrs = {settings.project.security_address.lower()}
+    addrs.update(lst.address.lower() for lst in settings.lists)
+    return frozenset(addrs)
