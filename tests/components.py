@@ -233,7 +233,8 @@ class Sink:
 
 def write_config(tmp: Path, *, db_url: str | None = None, imap: Dovecot | None = None,
                  relay_port: int | None = None, listener_port: int | None = None,
-                 team: list[str] | None = None, extra: str = "") -> Path:
+                 listener_protocol: str = "smtp", team: list[str] | None = None,
+                 extra: str = "") -> Path:
     """A config file for the tests; IMAP, relay and listener as given."""
     team = ["alice@example.org"] if team is None else team
     imap_port = imap.port if imap else None
@@ -261,6 +262,7 @@ timeout = 10
 [listener]
 enabled = {"true" if listener_port else "false"}
 port = {listener_port or 8025}
+protocol = "{listener_protocol}"
 
 [relay]
 transport = "{"smtp" if relay_port else "maildir"}"
@@ -294,3 +296,24 @@ def report(i: int, *, sender: str | None = None, subject: str | None = None,
             f"{headers}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
             f"{body or f'Report {i}: a buffer overflow in version 1.{i}.'}\r\n")
     return text.encode()
+
+
+def cli(config: Path, *args: str, input: bytes | None = None, env: dict[str, str] | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `python -m seclistd --config CONFIG ARGS…` and capture its output."""
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "seclistd", "--config", str(config), *args],
+                          input=input, capture_output=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    return subprocess.CompletedProcess(proc.args, proc.returncode,
+                                       proc.stdout.decode("utf-8", "replace"),
+                                       proc.stderr.decode("utf-8", "replace"))
+
+
+def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    import sys
+
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "seclistd", "--config", str(config),
+                                 "run"], stdin=subprocess.DEVNULL, stdout=out, stderr=out)

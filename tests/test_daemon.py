@@ -1,0 +1,71 @@
+"""The daemon as a process: SMTP and LMTP listener (250 only after commit), size limit,
+recipient check, and a clean exit 0 on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from seclistd.models import Case
+from tests.components import Sink, cli, free_port, report, start_daemon, wait_for, wait_port
+from tests.conftest import make_env
+
+
+@pytest.mark.parametrize("protocol", ["smtp", "lmtp"])
+def test_listener_answers_after_commit_and_receipt_goes_out(tmp_path: Path, sink: Sink,
+                                                            protocol: str):
+    port = free_port()
+    env = make_env(tmp_path, relay_port=sink.port, listener_port=port,
+                   listener_protocol=protocol, extra="\n[limits]\nmax_message_bytes = 65536\n")
+    proc = start_daemon(env.path, tmp_path / "daemon.log")
+    try:
+        wait_port(port, timeout=30)
+        client = smtplib.LMTP("127.0.0.1", port) if protocol == "lmtp" else smtplib.SMTP(
+            "127.0.0.1", port)
+        with client:
+            refused = client.sendmail("reporter1@example.net",
+                                      ["security@example.org", "nobody@example.org"],
+                                      report(1))
+            # The answer came after the commit: the case is there the moment we hear 250.
+            with env.factory() as session:
+                assert session.scalar(select(func.count(Case.id))) == 1
+            assert list(refused) == ["nobody@example.org"]
+            with pytest.raises(smtplib.SMTPException) as too_big:
+                client.sendmail("big@example.net", ["security@example.org"],
+                                report(2, body="x" * 100_000))
+            assert "552" in str(too_big.value) or "size" in str(too_big.value).lower()
+        [receipt] = wait_for(lambda: sink.to("reporter1@example.net"), what="receipt")
+        assert receipt.message["Subject"].startswith("[SEC-2026-0001]")
+        assert receipt.message["Auto-Submitted"] == "auto-replied"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    log = (tmp_path / "daemon.log").read_text()
+    assert "test-password" not in log
+
+
+def test_sigterm_exits_zero_within_seconds(tmp_path: Path, sink: Sink):
+    port = free_port()
+    env = make_env(tmp_path, relay_port=sink.port, listener_port=port)
+    proc = start_daemon(env.path, tmp_path / "daemon.log")
+    wait_port(port, timeout=30)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert time.monotonic() - started < 10
+    assert "stopped" in (tmp_path / "daemon.log").read_text()
+
+
+def test_run_once_drains_and_exits(tmp_path: Path, sink: Sink):
+    env = make_env(tmp_path, relay_port=sink.port)
+    (tmp_path / "r.eml").write_bytes(report(1))
+    assert cli(env.path, "ingest", str(tmp_path / "r.eml")).returncode == 0
+    done = cli(env.path, "run", "--once")
+    assert done.returncode == 0, done.stderr
+    assert len(sink.to("reporter1@example.net")) == 1
+    assert len(sink.to("alice@example.org")) == 1
