@@ -50,7 +50,7 @@ def check_limits(raw: bytes, limits: LimitSettings) -> None:
                             f"{limits.max_header_bytes} (limits.max_header_bytes)")
     parts = len(_MULTIPART.findall(raw))
     if parts > limits.max_mime_parts:
-        raise Unprocessable(f"message has {parts} multipart entities, over the limit of "
+        raise Unprocessable(f"message has {parts} multipart MIME entities, over the limit of "
                             f"{limits.max_mime_parts} (limits.max_mime_parts)")
 
 
