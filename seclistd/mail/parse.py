@@ -12,6 +12,7 @@ also come from the stdlib parser (mail-parser returns them raw and folded).
 
 from __future__ import annotations
 
+import email
 import html
 import re
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ from seclistd.config import LimitSettings
 _MULTIPART = re.compile(rb"^content-type:[ \t]*multipart/", re.I | re.M)
 _MSGID = re.compile(r"<[^<>\s]{1,900}>")
 _TAG = re.compile(r"<[^>]*>")
+# A run of base64 lines, matched possessively so that scanning stays linear; runs of 64 KB
+# or more are an encoded attachment, not text to read.
+_BASE64_RUN = re.compile(rb"^(?:[A-Za-z0-9+/]{60,100}={0,2}\r?\n)++", re.M)
+BULK_BYTES = 64 * 1024
 
 
 class Unprocessable(Exception):
@@ -146,6 +151,37 @@ def _return_path(msg: Message) -> str | None:
     return match.group(1).lower() if match else None
 
 
+def elide_bulk(raw: bytes) -> bytes:
+    """The message with long base64 runs cut out, for parsing only (the stored bytes keep them).
+
+    The stdlib parser holds each payload line as its own string: a 20 MB attachment costs
+    well over 100 MB to parse. The text the pipeline reads is never such a run.
+    """
+    return _BASE64_RUN.sub(lambda m: b"" if len(m[0]) >= BULK_BYTES else m[0], raw)
+
+
+def strip_attachments(message: Message) -> list[str]:
+    """Drop the payloads of non-text leaf parts (the raw bytes keep them); return their names.
+
+    mail-parser decodes and re-encodes every attachment in memory; a 20 MB proof of concept
+    would cost several copies. The text parts are all the pipeline reads.
+    """
+    names = []
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        maintype = part.get_content_maintype()
+        disposition = (part.get_content_disposition() or "").lower()
+        filename = part.get_filename()
+        if maintype == "text" and disposition != "attachment" and not filename:
+            continue
+        if maintype == "message":
+            continue
+        names.append(filename or part.get_content_type())
+        part.set_payload("")
+    return names
+
+
 def _text_of(mp: mailparser.MailParser) -> str:
     plain = [t for t in (mp.text_plain or []) if t and t.strip()]
     if plain:
@@ -174,7 +210,9 @@ def parse(raw: bytes) -> ParsedMail:
             from_addr, from_problem = None, sender_problem
 
     try:
-        mp = mailparser.parse_from_bytes(raw)
+        message = email.message_from_bytes(elide_bulk(raw))
+        attachments = strip_attachments(message)
+        mp = mailparser.MailParser(message)
     except RecursionError as exc:
         raise Unprocessable("MIME structure nested too deeply to parse") from exc
     except Exception as exc:  # noqa: BLE001 - the parser's failure becomes the reason
@@ -186,7 +224,6 @@ def parse(raw: bytes) -> ParsedMail:
         raise Unprocessable("MIME structure nested too deeply to parse") from exc
     content_type = _safe(lambda: head.get_content_type(), "text/plain")
     report_type = _safe(lambda: head.get_param("report-type", "") or "", "")
-    attachments = _safe(lambda: [str(a.get("filename") or "") for a in mp.attachments], [])
     defects = _safe(lambda: [str(d) for d in mp.defects][:50], [])
     subject = headers.get("subject", [""])[0]
     return ParsedMail(
