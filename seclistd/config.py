@@ -23,7 +23,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DEFAULT_PATH = "/etc/seclistd/seclistd.toml"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_ADDRESS = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _FPR = re.compile(r"^[0-9A-F]{40}$")
 
 
@@ -259,7 +260,9 @@ def _str_list(item: Check) -> Check:
 
 
 def _weekday(v: Any) -> str | None:
-    return None if v in WEEKDAYS else f"{v!r} is not a weekday, expected one of {', '.join(WEEKDAYS)}"
+    if v in WEEKDAYS:
+        return None
+    return f"{v!r} is not a weekday, expected one of {', '.join(WEEKDAYS)}"
 
 
 def _iso_date(v: Any) -> str | None:
@@ -447,7 +450,8 @@ def _team_members(r: _Reader, raw: Any) -> tuple[TeamMember, ...]:
     for i, item in enumerate(raw):
         where = f"team.members[{i}]"
         if not isinstance(item, dict):
-            r.problem(where, "is not a table, expected { email = ..., name = ..., fingerprint = ... }")
+            r.problem(where, "is not a table, expected "
+                      "{ email = ..., name = ..., fingerprint = ... }")
             continue
         for key in item:
             if key not in ("email", "name", "fingerprint"):
@@ -498,7 +502,8 @@ def parse(path: str, text: str) -> Settings:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: (file): not valid TOML ({exc}), expected TOML syntax"]) from exc
+        raise ConfigError(
+            [f"{path}: (file): not valid TOML ({exc}), expected TOML syntax"]) from exc
     r = _Reader(path, data)
     known = set(SCHEMA) | {"lists"}
     for name in data:
@@ -588,5 +593,6 @@ def load(path: str) -> Settings:
         raise ConfigError([f"{path}: (file): cannot read it ({exc.strerror}), expected a "
                            "readable TOML file (set --config or $SECLISTD_CONFIG)"]) from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: (file): not UTF-8 ({exc.reason}), expected UTF-8 text"]) from exc
+        raise ConfigError(
+            [f"{path}: (file): not UTF-8 ({exc.reason}), expected UTF-8 text"]) from exc
     return parse(path, text)

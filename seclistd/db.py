@@ -8,6 +8,7 @@ writers meet; see NOTES.md). PostgreSQL: ``postgresql://`` URLs use psycopg 3.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,33 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 BUSY_TIMEOUT_MS = 30_000
+
+
+class TicketLock:
+    """A first-come, first-served lock for this process's SQLite writers.
+
+    SQLite's busy handler sleep-polls, so a thread that commits in a tight loop (the IMAP
+    intake in a burst) keeps winning the write lock and the relay waits for seconds. Taking
+    a ticket before ``BEGIN IMMEDIATE`` makes the threads of one process take turns; other
+    processes are still serialised by SQLite itself.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next = 0
+        self._serving = 0
+
+    def acquire(self) -> None:
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            while self._serving != ticket:
+                self._cond.wait()
+
+    def release(self) -> None:
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
 
 
 def normalise_url(url: str) -> str:
@@ -47,9 +75,24 @@ def make_engine(url: str) -> Engine:
         cur.execute("PRAGMA synchronous=FULL")
         cur.close()
 
+    writers = TicketLock()
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        writers.acquire()
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            writers.release()
+            raise
+        conn.info["seclistd_writer"] = True
+
+    def _on_end(conn: Any) -> None:
+        if conn.info.pop("seclistd_writer", False):
+            writers.release()
+
+    event.listen(engine, "commit", _on_end)
+    event.listen(engine, "rollback", _on_end)
 
     return engine
 

@@ -14,6 +14,7 @@ logged, never dropped.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import mailbox
@@ -99,17 +100,13 @@ class SmtpTransport:
     def _reset(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(OSError):
                 conn.close()
-            except OSError:
-                pass
 
     def close(self) -> None:
         if self.conn is not None:
-            try:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
                 self.conn.quit()
-            except (smtplib.SMTPException, OSError):
-                pass
         self._reset()
 
 

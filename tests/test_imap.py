@@ -3,6 +3,7 @@ IDLE pick-up by the running daemon, and a reconnect after the connection drops."
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import threading
@@ -60,10 +61,8 @@ def test_crash_before_move_is_recovered_without_reprocessing(tmp_path: Path, dov
     client = imap.connect(env.settings.imap)
     try:
         imap.ensure_folders(client, env.settings.imap)
-        try:
+        with contextlib.suppress(ConnectionError):
             imap.run_pass(client, env.settings, env.factory, utcnow)
-        except ConnectionError:
-            pass
     finally:
         client.logout()
     assert calls["n"] == 1 and dovecot.count("INBOX") == 5 and count(env, Case) == 5

@@ -15,6 +15,7 @@ No string taken from a message is ever put into an IMAP command.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import ssl
@@ -202,10 +203,8 @@ class ImapIntake:
                 else:
                     self.stop.wait(s.poll_interval)
         finally:
-            try:
+            with contextlib.suppress(Exception):  # the connection may be gone already
                 client.logout()
-            except Exception:  # noqa: BLE001 - the connection may be gone already
-                pass
 
     def _idle(self, client: IMAPClient) -> None:
         limit = min(self.settings.imap.poll_interval, MAX_IDLE)
