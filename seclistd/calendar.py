@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from zoneinfo import ZoneInfo
 
 import holidays
@@ -57,3 +57,9 @@ class BusinessCalendar:
         """End of the ``business_days``-th working day after the local date of ``received``."""
         local_date = received.astimezone(self.tz).date()
         return self.end_of_day(self.nth_working_day_after(local_date, business_days))
+
+
+@lru_cache(maxsize=8)
+def calendar_for(settings: CalendarSettings, tz: ZoneInfo) -> BusinessCalendar:
+    """One calendar per configuration: building the holiday table costs about a millisecond."""
+    return BusinessCalendar(settings, tz)

@@ -63,24 +63,53 @@ def drain_relay(settings: Settings, factory: sessionmaker[Session],
 
 def run_once(settings: Settings, engine: Engine, clock: Callable[[], dt.datetime] = utcnow
              ) -> None:
-    """Drain what is waiting: an IMAP pass, the sweeps, then the outbox."""
+    """Drain what is waiting: the sweeps, an IMAP pass, and the outbox.
+
+    The relay runs in a thread beside the IMAP pass, woken by each commit, so receipts go
+    out while the inbox is still being read; it drains whatever is left once the pass ends.
+    """
     factory = session_factory(engine)
     scheduler.sweep_once(factory, clock)
-    if settings.imap.enabled:
-        lock = imap.IntakeLock(engine)
-        if lock.acquire():
-            client = imap.connect(settings.imap)
-            try:
-                imap.ensure_folders(client, settings.imap)
-                count = imap.run_pass(client, settings, factory, clock)
-                log.info("IMAP pass stored %d new messages", count)
-            finally:
-                client.logout()
-                lock.release()
-        else:
-            log.info("another daemon holds the IMAP intake; skipping the IMAP pass")
-    sent = drain_relay(settings, factory, clock)
-    log.info("relay sent %d messages", sent)
+    wake, intake_done = threading.Event(), threading.Event()
+    sent = [0]
+
+    def relay_worker() -> None:
+        while True:
+            last_round = intake_done.is_set()
+            wake.clear()
+            sent[0] += drain_relay(settings, factory, clock)
+            if last_round:
+                return
+            wake.wait(0.5)
+
+    worker = threading.Thread(target=relay_worker, name="relay", daemon=True)
+    worker.start()
+    try:
+        if settings.imap.enabled:
+            imap_pass(settings, engine, factory, clock, wake.set)
+    finally:
+        intake_done.set()
+        wake.set()
+        worker.join()
+    log.info("relay sent %d messages", sent[0])
+
+
+def imap_pass(settings: Settings, engine: Engine, factory: sessionmaker[Session],
+              clock: Callable[[], dt.datetime], on_commit: Callable[[], None]) -> None:
+    lock = imap.IntakeLock(engine)
+    if not lock.acquire():
+        log.info("another daemon holds the IMAP intake; skipping the IMAP pass")
+        return
+    try:
+        client = imap.connect(settings.imap)
+        try:
+            imap.ensure_folders(client, settings.imap)
+            count = imap.run_pass(client, settings, factory, clock, on_commit=on_commit)
+            log.info("IMAP pass stored %d new messages", count)
+        finally:
+            client.logout()
+    finally:
+        lock.release()
 
 
 class Daemon:

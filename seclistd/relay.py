@@ -182,9 +182,12 @@ def backoff(attempts: int) -> int:
 
 
 def _finish(factory: sessionmaker[Session], row_id: int, owner: str, **values: object) -> None:
+    """Record the outcome of one send in its own short transaction (Core: this is per mail)."""
+    t = Outbox.__table__
     with transaction(factory) as session:
-        session.execute(update(Outbox).where(Outbox.id == row_id, Outbox.lease_owner == owner)
-                        .values(lease_owner=None, lease_until=None, **values))
+        session.connection().execute(
+            update(t).where(t.c.id == row_id, t.c.lease_owner == owner)
+            .values(lease_owner=None, lease_until=None, **values))
 
 
 def drain(factory: sessionmaker[Session], settings: RelaySettings, transport: Transport,

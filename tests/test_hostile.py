@@ -126,7 +126,8 @@ def test_hostile_corpus(tmp_path: Path):
 
     daemon.drain_relay(env.settings, env.factory, lambda: NOW)
     box = mailbox.Maildir(tmp_path / "outgoing", create=False)
-    sent = [message_from_bytes(box.get_bytes(key), policy=policy.default) for key in box]
+    sent = [message_from_bytes(box.get_bytes(key), policy=policy.default)
+            for key in box.iterkeys()]
     assert sent
     for m in sent:
         assert m["Bcc"] is None and m["X-Evil"] is None

@@ -54,7 +54,10 @@ def test_new_report_opens_case_with_threaded_receipt_and_team_notice(env: Env, s
     # Thursday 19 Nov 2026 in New York: Fri 20, Mon 23, Tue 24 -> end of Tuesday, local time.
     assert doc["ack_due"] == "2026-11-24T23:59:59-05:00"
     assert [m["direction"] for m in doc["messages"]] == ["in", "out", "out"]
-    assert [e["action"] for e in doc["events"]] == ["open", "receipt", "team_notified"]
+    [opened] = doc["events"]
+    assert opened["action"] == "open" and opened["to_state"] == "new"
+    assert "receipt sent to bounces+r1@example.net" in opened["detail"]
+    assert "team notified: alice@example.org" in opened["detail"]
 
 
 def test_case_ids_number_per_year(env: Env):
@@ -188,3 +191,25 @@ def test_bad_from_goes_to_quarantine_with_reason(env: Env):
     outcome = ingest(env, raw)
     assert outcome.status == "quarantined"
     assert "From header is malformed" in outcome.reason
+
+
+def test_a_failure_inside_the_pipeline_keeps_the_message_in_quarantine(env: Env, monkeypatch):
+    from seclistd.workflows import report as workflow
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("template exploded")
+
+    monkeypatch.setattr(workflow, "open_case", broken)
+    outcome = ingest(env, report(1))
+    assert outcome.status == "quarantined"
+    assert outcome.reason == "internal error while processing: RuntimeError: template exploded"
+    with env.factory() as session:
+        assert session.scalar(select(Message.raw)) == report(1)
+        assert session.scalar(select(func.count(Case.id))) == 0
+        assert session.scalar(select(func.count(Outbox.id))) == 0  # nothing half-done
+    monkeypatch.undo()
+    # Once fixed, the operator releases it and it becomes the case it should have been.
+    from seclistd.intake.store import release
+
+    released = release(env.factory, env.settings, outcome.id, NOW)
+    assert released.route == "new_report" and released.case_id == "SEC-2026-0001"

@@ -14,7 +14,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +25,8 @@ from seclistd.models import Message
 from seclistd.pipeline import process, quarantine
 
 log = logging.getLogger(__name__)
+
+ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -56,17 +58,20 @@ def dedup_key(raw: bytes) -> tuple[str | None, str, str]:
     return mid, sha, f"{sha}:{mid or ''}"
 
 
-def find_stored(session: Session, key: str, imap: ImapLocation | None) -> Message | None:
-    found = session.scalar(select(Message).where(Message.dedup_key == key))
-    if found is None and imap is not None:
-        found = imap_stored(session, imap)
-    return found
-
-
-def imap_stored(session: Session, imap: ImapLocation) -> Message | None:
-    return session.scalar(select(Message).where(
-        Message.imap_folder == imap.folder, Message.imap_uidvalidity == imap.uidvalidity,
-        Message.imap_uid == imap.uid))
+def find_stored(session: Session, key: str, imap: ImapLocation | None) -> Outcome | None:
+    """The stored message with these bytes (or at this IMAP location), if any."""
+    t = Message.__table__.c
+    same = t.dedup_key == key
+    if imap is not None:
+        same = or_(same, and_(t.imap_folder == imap.folder, t.imap_uidvalidity == imap.uidvalidity,
+                              t.imap_uid == imap.uid))
+    row = session.connection().execute(
+        select(t.id, t.status, t.case_id, t.route, t.quarantine_reason).where(same).limit(1)
+    ).first()
+    if row is None:
+        return None
+    return Outcome(id=row.id, status=row.status, duplicate=True, case_id=row.case_id,
+                   route=row.route, reason=row.quarantine_reason)
 
 
 def accept(factory: sessionmaker[Session], settings: Settings, raw: bytes, *, source: str,
@@ -83,35 +88,40 @@ def accept(factory: sessionmaker[Session], settings: Settings, raw: bytes, *, so
             imap_uidvalidity=imap.uidvalidity if imap else None,
             imap_uid=imap.uid if imap else None, status="pending")
 
-    try:
+    outcome: Outcome | None = None
+    failure: Exception | None = None
+    for _attempt in range(ATTEMPTS):
+        try:
+            # Optimistic: the unique constraints on the dedup key and the IMAP location
+            # catch a message stored before; the lookup runs only then (duplicates are rare).
+            with transaction(factory) as session:
+                message = new_row()
+                session.add(message)
+                # The pipeline's queries never need the rows it adds: flush once, at commit.
+                with session.no_autoflush:
+                    process(session, now, settings, message)
+            outcome = Outcome.of(message, duplicate=False)
+            break
+        except IntegrityError as exc:
+            with transaction(factory) as session:
+                stored = find_stored(session, key, imap)
+            if stored is not None:
+                return stored
+            failure = exc  # a concurrent writer (e.g. the year's first case number): again
+        except Exception as exc:  # noqa: BLE001 - any failure quarantines, never loses
+            failure = exc
+            break
+    if outcome is None:
+        log.error("processing failed; keeping the message in quarantine", exc_info=failure)
         with transaction(factory) as session:
             stored = find_stored(session, key, imap)
             if stored is not None:
-                return Outcome.of(stored, duplicate=True)
+                return stored
             message = new_row()
+            quarantine(message, "internal error while processing: "
+                       f"{type(failure).__name__}: {failure}")
             session.add(message)
-            session.flush()
-            process(session, now, settings, message)
-            session.flush()
-            outcome = Outcome.of(message, duplicate=False)
-    except IntegrityError:
-        # Another process stored the same message between our check and our insert.
-        with transaction(factory) as session:
-            stored = find_stored(session, key, imap)
-            if stored is None:
-                raise
-            return Outcome.of(stored, duplicate=True)
-    except Exception as exc:  # noqa: BLE001 - any failure quarantines, never loses
-        log.exception("processing failed; keeping the message in quarantine")
-        with transaction(factory) as session:
-            stored = find_stored(session, key, imap)
-            if stored is not None:
-                return Outcome.of(stored, duplicate=True)
-            message = new_row()
-            quarantine(message, f"internal error while processing: {type(exc).__name__}: {exc}")
-            session.add(message)
-            session.flush()
-            outcome = Outcome.of(message, duplicate=False)
+        outcome = Outcome.of(message, duplicate=False)
     log.info("message %s from %s: %s%s%s", outcome.id, source, outcome.status,
              f" case={outcome.case_id}" if outcome.case_id else "",
              f" reason={outcome.reason}" if outcome.reason else "")

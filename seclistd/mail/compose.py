@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from email import policy
+from email import quoprimime
+from email.header import Header
 from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, formataddr, make_msgid
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u0085]+")
-SMTP_POLICY = policy.SMTP.clone(max_line_length=78)
 
 
 def clean(value: str | None, limit: int = 200) -> str:
@@ -42,23 +41,56 @@ def tagged_subject(tag: str, subject: str) -> str:
     return clean(f"[{tag}] {original}" if original else f"[{tag}]", 200)
 
 
+def header(name: str, value: str) -> str:
+    """One header line: cleaned; RFC 2047 encoded (and folded) when not ASCII."""
+    value = clean(value, 998)
+    if value.isascii():
+        return f"{name}: {value}"
+    return f"{name}: " + Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+
+
+def format_address(addr: Address) -> str:
+    return formataddr((addr.display_name, addr.addr_spec), charset="utf-8")
+
+
+def body_part(body: str) -> tuple[str, str]:
+    """(Content-Transfer-Encoding, CRLF body): 7bit when plain ASCII, else quoted-printable."""
+    lines = body.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if body.isascii() and all(len(line) <= 998 for line in lines):
+        return "7bit", "\r\n".join(lines)
+    encoded = quoprimime.body_encode(body.encode("utf-8").decode("latin-1"), eol="\r\n")
+    return "quoted-printable", encoded
+
+
 def build(*, from_addr: Address, to_addr: Address, subject: str, body: str, message_id: str,
           now: dt.datetime, in_reply_to: str | None = None, references: list[str] | None = None,
           auto_submitted: str | None = None, loop_address: str | None = None) -> bytes:
-    msg = EmailMessage(policy=SMTP_POLICY)
-    msg["From"] = from_addr
-    msg["To"] = to_addr
-    msg["Subject"] = clean(subject, 200)
-    msg["Date"] = format_datetime(now.astimezone(dt.UTC))
-    msg["Message-ID"] = message_id
+    """The message as bytes with CRLF line ends; every header from a cleaned string.
+
+    Built with the email package's own encoders (Header, formataddr, quoprimime) rather
+    than EmailMessage: its header registry creates a class per header set, which cost
+    about 2 ms per mail, more than everything else on the way out.
+    """
+    lines = [
+        f"From: {format_address(from_addr)}",
+        f"To: {format_address(to_addr)}",
+        header("Subject", subject),
+        f"Date: {format_datetime(now.astimezone(dt.UTC))}",
+        f"Message-ID: {clean(message_id, 998)}",
+    ]
     if in_reply_to:
-        msg["In-Reply-To"] = clean(in_reply_to, 998)
+        lines.append(f"In-Reply-To: {clean(in_reply_to, 998)}")
     refs = [clean(r, 998) for r in (references or []) if r][-20:]
     if refs:
-        msg["References"] = " ".join(refs)
+        lines.append("References: " + "\r\n ".join(refs))
     if auto_submitted:
-        msg["Auto-Submitted"] = auto_submitted
+        lines.append(f"Auto-Submitted: {clean(auto_submitted, 100)}")
     if loop_address:
-        msg["X-Loop"] = clean(loop_address, 320)
-    msg.set_content(body, charset="utf-8")
-    return msg.as_bytes(policy=SMTP_POLICY)
+        lines.append(f"X-Loop: {clean(loop_address, 320)}")
+    cte, encoded = body_part(body)
+    lines += ["MIME-Version: 1.0", 'Content-Type: text/plain; charset="utf-8"',
+              f"Content-Transfer-Encoding: {cte}", "", encoded]
+    text = "\r\n".join(lines)
+    if not text.endswith("\r\n"):
+        text += "\r\n"
+    return text.encode("utf-8")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
 from email.parser import BytesHeaderParser
+from email.utils import getaddresses
 from typing import Any
 
 import mailparser
@@ -110,18 +111,26 @@ def _msgids(value: str) -> list[str]:
     return _MSGID.findall(value or "")[:100]
 
 
-def _single_address(msg: Message, name: str) -> tuple[str | None, str, str | None]:
+def _strict(message: Message, name: str) -> Any:
+    """The header as ``email.policy.default`` reads it (with defects), or None when absent.
+
+    Only the few headers whose meaning we rely on are read strictly: the registry behind
+    policy.default builds a class per header read, far too slow for every header.
+    """
+    value = message.get(name)
+    if value is None:
+        return None
+    return policy.default.header_fetch_parse(name, value)
+
+
+def _single_address(message: Message, name: str) -> tuple[str | None, str, str | None]:
     """(addr, display name, problem) for a header that must hold exactly one address."""
     try:
-        header = msg[name]
-    except Exception as exc:  # noqa: BLE001
-        return None, "", f"{name} header cannot be read ({type(exc).__name__})"
-    if header is None:
-        return None, "", f"no {name} header"
-    try:
-        addresses = header.addresses
-        defects = header.defects
-    except Exception as exc:  # noqa: BLE001
+        header = _strict(message, name)
+        if header is None:
+            return None, "", f"no {name} header"
+        addresses, defects = header.addresses, header.defects
+    except Exception as exc:  # noqa: BLE001 - stdlib header parsing raises many kinds
         return None, "", f"{name} header cannot be read ({type(exc).__name__})"
     if defects:
         return None, "", f"{name} header is malformed ({defects[0]})"
@@ -133,11 +142,10 @@ def _single_address(msg: Message, name: str) -> tuple[str | None, str, str | Non
     return addr.addr_spec.lower(), str(addr.display_name or ""), None
 
 
-def _address_list(msg: Message, name: str) -> list[str]:
-    header = _safe(lambda: msg[name], None)
-    if header is None:
-        return []
-    return _safe(lambda: [a.addr_spec.lower() for a in header.addresses if a.addr_spec], [])
+def _address_list(message: Message, name: str) -> list[str]:
+    """Addresses for display only (To, Cc): the quick parser, never used to send mail."""
+    values = _safe(lambda: [str(v) for v in message.get_all(name, [])], [])
+    return _safe(lambda: [a.lower() for _, a in getaddresses(values) if "@" in a][:100], [])
 
 
 def _return_path(msg: Message) -> str | None:
@@ -194,23 +202,23 @@ def _text_of(mp: mailparser.MailParser) -> str:
 
 def parse(raw: bytes) -> ParsedMail:
     """Parse raw bytes. Never raises for malformed mail except ``Unprocessable``."""
-    head = BytesHeaderParser(policy=policy.default).parsebytes(raw[:header_end(raw) + 4])
+    try:
+        message = email.message_from_bytes(elide_bulk(raw))
+    except RecursionError as exc:
+        raise Unprocessable("MIME structure nested too deeply to parse") from exc
+    except Exception as exc:  # noqa: BLE001 - the parser's failure becomes the reason
+        raise Unprocessable(f"mail parser failed: {type(exc).__name__}: {exc}"[:500]) from exc
     headers: dict[str, list[str]] = {}
-    for key in head:
-        value = _safe(lambda k=key: head.get_all(k), None)
-        if value is None:
-            raw_values = [v for k, v in head.raw_items() if k.lower() == key.lower()]
-            value = [str(v) for v in raw_values]
-        headers[key.lower()] = [str(v) for v in value]
+    for key, value in message.items():
+        headers.setdefault(key.lower(), []).append(" ".join(str(value).split()))
 
-    from_addr, from_name, from_problem = _single_address(head, "From")
+    from_addr, from_name, from_problem = _single_address(message, "From")
     if from_addr and "sender" in headers:
-        _, _, sender_problem = _single_address(head, "Sender")
+        _, _, sender_problem = _single_address(message, "Sender")
         if sender_problem:
             from_addr, from_problem = None, sender_problem
 
     try:
-        message = email.message_from_bytes(elide_bulk(raw))
         attachments = strip_attachments(message)
         mp = mailparser.MailParser(message)
     except RecursionError as exc:
@@ -222,10 +230,10 @@ def parse(raw: bytes) -> ParsedMail:
         text = _text_of(mp)
     except RecursionError as exc:
         raise Unprocessable("MIME structure nested too deeply to parse") from exc
-    content_type = _safe(lambda: head.get_content_type(), "text/plain")
-    report_type = _safe(lambda: head.get_param("report-type", "") or "", "")
+    content_type = _safe(lambda: message.get_content_type(), "text/plain")
+    report_type = _safe(lambda: message.get_param("report-type", "") or "", "")
     defects = _safe(lambda: [str(d) for d in mp.defects][:50], [])
-    subject = headers.get("subject", [""])[0]
+    subject = _safe(lambda: str(_strict(message, "Subject") or ""), headers.get("subject", [""])[0])
     return ParsedMail(
         message_id=(_msgids(headers.get("message-id", [""])[0]) or [None])[0],
         in_reply_to=_msgids(" ".join(headers.get("in-reply-to", []))),
@@ -234,8 +242,8 @@ def parse(raw: bytes) -> ParsedMail:
         from_addr=from_addr,
         from_name=from_name,
         from_problem=from_problem,
-        return_path=_return_path(head),
-        to_addrs=_address_list(head, "To") + _address_list(head, "Cc"),
+        return_path=_return_path(message),
+        to_addrs=_address_list(message, "To") + _address_list(message, "Cc"),
         text=text,
         headers=headers,
         content_type=content_type,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
-from seclistd.calendar import BusinessCalendar
+from seclistd.calendar import calendar_for
 from seclistd.config import Settings
 from seclistd.mail import compose, loops
 from seclistd.mail.parse import ParsedMail
@@ -23,14 +24,20 @@ SYSTEM = "seclistd"
 
 
 def next_id(session: Session, name: str, prefix: str, year: int) -> str:
-    """The next ``PREFIX-YEAR-NNNN`` for ``name``, numbered per year, under a row lock."""
-    counter = session.get(Counter, (name, year), with_for_update=True)
-    if counter is None:
-        counter = Counter(name=name, year=year, value=0)
-        session.add(counter)
-    counter.value += 1
-    session.flush()
-    return f"{prefix}-{year}-{counter.value:04d}"
+    """The next ``PREFIX-YEAR-NNNN`` for ``name``, numbered per year.
+
+    One atomic ``UPDATE … RETURNING`` (a row lock on PostgreSQL, the write lock on SQLite);
+    the first ID of a year inserts the row, and a concurrent first insert fails the
+    transaction with an IntegrityError, to be retried by the caller.
+    """
+    t = Counter.__table__.c
+    conn = session.connection()
+    value = conn.execute(update(Counter.__table__).where(t.name == name, t.year == year)
+                         .values(value=t.value + 1).returning(t.value)).scalar()
+    if value is None:
+        value = 1
+        conn.execute(insert(Counter.__table__).values(name=name, year=year, value=value))
+    return f"{prefix}-{year}-{value:04d}"
 
 
 def local_time(settings: Settings, when: dt.datetime) -> str:
@@ -42,7 +49,7 @@ def open_case(session: Session, now: dt.datetime, settings: Settings, message: M
     """Open a case in state ``new`` with its receipt and team notices."""
     tz = settings.project.tz
     received = message.received_at
-    calendar = BusinessCalendar(settings.calendar, tz)
+    calendar = calendar_for(settings.calendar, tz)
     case_id = next_id(session, "case", settings.project.case_prefix,
                       received.astimezone(tz).year)
     assert mail.from_addr is not None
@@ -54,17 +61,10 @@ def open_case(session: Session, now: dt.datetime, settings: Settings, message: M
                 missing_information=[], encrypted=False, waiting_on="team",
                 root_message_id=mail.message_id)
     session.add(case)
-    session.flush()
     message.case_id = case.id
-    session.add(Event(case_id=case.id, at=now, actor=mail.from_addr, action="open",
-                      from_state=None, to_state=states.NEW,
-                      detail=f"report received via {message.source}"))
-
     withheld = no_receipt_reason(session, now, settings, mail, own)
     if withheld:
         receipt_status = f"withheld ({withheld})"
-        states.record(session, now, case, actor=SYSTEM, action="receipt_withheld",
-                      detail=withheld)
     else:
         to = loops.reply_address(mail)
         assert to is not None
@@ -79,18 +79,25 @@ def open_case(session: Session, now: dt.datetime, settings: Settings, message: M
                 references=mail.references + ([mail.message_id] if mail.message_id else []),
                 auto=True)
         receipt_status = f"sent to {to}"
-        states.record(session, now, case, actor=SYSTEM, action="receipt",
-                      detail=f"automatic receipt to {to}")
-
-    notify_team(session, now, settings, case, mail, receipt_status)
+    notified = notify_team(session, now, settings, case, mail, receipt_status)
+    # One audit event for the opening; the mails it caused are on the case as messages.
+    detail = f"report received via {message.source}; receipt {receipt_status}"
+    if notified:
+        detail += f"; team notified: {', '.join(notified)}"
+    session.add(Event(case_id=case.id, at=now, actor=mail.from_addr, action="open",
+                      from_state=None, to_state=states.NEW, detail=detail))
+    if withheld:
+        states.record(session, now, case, actor=SYSTEM, action="receipt_withheld",
+                      detail=withheld)
     return case
 
 
 def notify_team(session: Session, now: dt.datetime, settings: Settings, case: Case,
-                mail: ParsedMail, receipt_status: str) -> None:
+                mail: ParsedMail, receipt_status: str) -> list[str]:
+    """Send the new case to every team member; returns their addresses."""
     members = settings.team.members
     if not members:
-        return
+        return []
     body = render("team_new_case.txt.j2", settings.templates.dir, case_id=case.id,
                   security_address=settings.project.security_address,
                   reporter=case.reporter, received_at=local_time(settings, case.received_at),
@@ -102,8 +109,7 @@ def notify_team(session: Session, now: dt.datetime, settings: Settings, case: Ca
         enqueue(session, now, settings, kind="team_new_case", to=member.email,
                 to_name=member.name, subject=subject, body=body, case_id=case.id,
                 in_reply_to=mail.message_id)
-    states.record(session, now, case, actor=SYSTEM, action="team_notified",
-                  detail=", ".join(m.email for m in members))
+    return [m.email for m in members]
 
 
 def no_receipt_reason(session: Session, now: dt.datetime, settings: Settings, mail: ParsedMail,
