@@ -69,3 +69,33 @@ def test_run_once_drains_and_exits(tmp_path: Path, sink: Sink):
     assert done.returncode == 0, done.stderr
     assert len(sink.to("reporter1@example.net")) == 1
     assert len(sink.to("alice@example.org")) == 1
+
+
+def test_tells_systemd_ready_and_stopping(tmp_path: Path, sink: Sink):
+    import socket
+
+    port = free_port()
+    env = make_env(tmp_path, relay_port=sink.port, listener_port=port)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify.sock"
+    notify.bind(str(path))
+    notify.settimeout(30)
+    import os
+    import subprocess
+    import sys
+
+    with open(tmp_path / "daemon.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "seclistd", "--config", str(env.path),
+                                 "run"], stdout=log, stderr=log,
+                                env={**os.environ, "NOTIFY_SOCKET": str(path),
+                                     "WATCHDOG_USEC": "400000"})
+    try:
+        assert notify.recv(256) == b"READY=1"
+        assert notify.recv(256) == b"WATCHDOG=1"  # every WATCHDOG_USEC / 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        states = []
+        while b"STOPPING=1" not in states:
+            states.append(notify.recv(256))
+        assert proc.wait(timeout=15) == 0
+        notify.close()

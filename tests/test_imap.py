@@ -128,3 +128,24 @@ def dovecot_kick(dovecot: Dovecot) -> None:
 
     subprocess.run(["doveadm", "-c", str(dovecot.base / "dovecot.conf"), "kick", dovecot.user],
                    check=True, capture_output=True)
+
+
+def test_polling_when_idle_is_off(tmp_path: Path, dovecot: Dovecot, sink: Sink):
+    env = make_env(tmp_path, imap=dovecot, relay_port=sink.port)
+    settings = dataclasses.replace(env.settings, imap=dataclasses.replace(
+        env.settings.imap, idle=False, poll_interval=1))
+    stop = threading.Event()
+    intake = imap.ImapIntake(settings, db.make_engine(settings.database.url), env.factory,
+                             utcnow, stop)
+    thread = threading.Thread(target=intake.run, daemon=True)
+    thread.start()
+    try:
+        dovecot.append([report(1)])
+        wait_for(lambda: count(env, Case) == 1, what="the polled message")
+        dovecot.append([report(2)])
+        wait_for(lambda: count(env, Case) == 2, what="the next poll")
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+    assert not thread.is_alive()
+    assert dovecot.count("seclistd-processed") == 2
