@@ -124,6 +124,13 @@ def open_db(settings: config_mod.Settings) -> Any:
     return engine
 
 
+def read(settings: config_mod.Settings, view: Callable[..., Any], *args: Any) -> Any:
+    """Run one read-only view in its own session."""
+    factory = db.session_factory(open_db(settings))
+    with factory() as session:
+        return view(session, *args)
+
+
 def db_label(settings: config_mod.Settings) -> str:
     from sqlalchemy.engine import make_url
 
@@ -196,9 +203,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    factory = db.session_factory(open_db(settings))
-    with factory() as session:
-        doc = views.status(session, now(), settings.project.tz)
+    doc = read(settings, views.status, now(), settings.project.tz)
     emit(args, doc, kv)
     return EXIT_OK
 
@@ -210,9 +215,7 @@ def cmd_cases_list(args: argparse.Namespace) -> int:
     if args.state and args.state not in STATES:
         raise CliError(f"unknown state {args.state!r}, expected one of {', '.join(STATES)}",
                        EXIT_USAGE)
-    factory = db.session_factory(open_db(settings))
-    with factory() as session:
-        rows = views.list_cases(session, settings.project.tz, args.state)
+    rows = read(settings, views.list_cases, settings.project.tz, args.state)
     emit(args, rows, lambda r: table(r, ["id", "state", "ack_due", "reporter", "subject"],
                                      "no cases"))
     return EXIT_OK
@@ -236,9 +239,7 @@ def _case_text(doc: dict[str, Any]) -> str:
 
 def cmd_cases_show(args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    factory = db.session_factory(open_db(settings))
-    with factory() as session:
-        doc = views.show_case(session, settings.project.tz, args.id)
+    doc = read(settings, views.show_case, settings.project.tz, args.id)
     if doc is None:
         raise CliError(f"no case {args.id}, expected an ID from `seclistd cases list` "
                        f"(e.g. {settings.project.case_prefix}-{now().year}-0001)")
@@ -253,9 +254,7 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
     if args.status and args.status not in STATUSES:
         raise CliError(f"unknown status {args.status!r}, expected one of {', '.join(STATUSES)}",
                        EXIT_USAGE)
-    factory = db.session_factory(open_db(settings))
-    with factory() as session:
-        rows = views.list_outbox(session, settings.project.tz, args.status)
+    rows = read(settings, views.list_outbox, settings.project.tz, args.status)
     emit(args, rows, lambda r: table(
         r, ["id", "case_id", "to", "status", "attempts", "subject", "last_error"], "outbox empty"))
     return EXIT_OK
@@ -282,9 +281,7 @@ def cmd_outbox_retry(args: argparse.Namespace) -> int:
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    factory = db.session_factory(open_db(settings))
-    with factory() as session:
-        rows = views.list_quarantine(session, settings.project.tz)
+    rows = read(settings, views.list_quarantine, settings.project.tz)
     emit(args, rows, lambda r: table(r, ["id", "received_at", "from", "reason"],
                                      "quarantine empty"))
     return EXIT_OK
@@ -292,9 +289,7 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
 
 def cmd_quarantine_show(args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    factory = db.session_factory(open_db(settings))
-    with factory() as session:
-        doc = views.show_quarantined(session, settings.project.tz, args.id)
+    doc = read(settings, views.show_quarantined, settings.project.tz, args.id)
     if doc is None:
         raise CliError(f"no quarantined message {args.id}, expected an ID from "
                        "`seclistd quarantine list`")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import smtplib
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,19 +70,10 @@ def check_relay(settings: Settings) -> Result:
         if not writable:
             return Result("relay", False, f"maildir {path} is not writable; fix its owner")
         return Result("relay", True, f"maildir {path} is writable")
+    from seclistd.relay import SmtpTransport
+
     try:
-        context = ssl.create_default_context()
-        conn = (smtplib.SMTP_SSL(s.host, s.port, timeout=15, context=context)
-                if s.security == "tls" else smtplib.SMTP(s.host, s.port, timeout=15))
-        try:
-            conn.ehlo()
-            if s.security == "starttls":
-                conn.starttls(context=context)
-                conn.ehlo()
-            if s.username:
-                conn.login(s.username, s.password)
-        finally:
-            conn.close()
+        SmtpTransport(s).connect().quit()
     except Exception as exc:  # noqa: BLE001
         return Result("relay", False, f"{s.host}:{s.port}: {_first_line(exc)}; check "
                       "relay.host, relay.port, relay.security and the credentials")

@@ -60,7 +60,8 @@ class SmtpTransport:
         self.context = context or ssl.create_default_context()
         self.conn: smtplib.SMTP | None = None
 
-    def _connect(self) -> smtplib.SMTP:
+    def connect(self) -> smtplib.SMTP:
+        """A logged-in connection (STARTTLS or implicit TLS, and AUTH, as configured)."""
         s = self.settings
         conn: smtplib.SMTP
         if s.security == "tls":
@@ -78,7 +79,7 @@ class SmtpTransport:
     def send(self, envelope_from: str, to: str, raw: bytes) -> None:
         try:
             if self.conn is None:
-                self.conn = self._connect()
+                self.conn = self.connect()
             self.conn.sendmail(envelope_from, [to], raw)
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()))
