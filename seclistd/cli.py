@@ -154,6 +154,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    # Before anything slow: a SIGTERM during start-up must still mean a clean stop.
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     settings = load_settings(args)
     engine = open_db(settings)
     from seclistd import daemon
@@ -161,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.once:
         daemon.run_once(settings, engine)
         return EXIT_OK
-    return daemon.Daemon(settings, engine).run()
+    return daemon.Daemon(settings, engine, stop=stop).run()
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -244,6 +251,56 @@ def cmd_cases_show(args: argparse.Namespace) -> int:
         raise CliError(f"no case {args.id}, expected an ID from `seclistd cases list` "
                        f"(e.g. {settings.project.case_prefix}-{now().year}-0001)")
     emit(args, doc, _case_text)
+    return EXIT_OK
+
+
+def action_text(args: argparse.Namespace) -> str:
+    """The action's text: --message, else standard input when it is not a terminal."""
+    if args.message is not None:
+        return str(args.message)
+    if not sys.stdin.isatty():
+        return sys.stdin.read()
+    return ""
+
+
+def operator() -> str:
+    import getpass
+
+    return f"{os.environ.get('SUDO_USER') or getpass.getuser()} (cli)"
+
+
+def iso_time(value: str) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 time, expected e.g. "
+                                         "2026-12-01T15:00:00+00:00") from exc
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{value!r} has no offset, expected e.g. "
+                                         "2026-12-01T15:00:00+00:00")
+    return when
+
+
+def cmd_case_action(args: argparse.Namespace) -> int:
+    from seclistd.workflows import lifecycle
+
+    settings = load_settings(args)
+    factory = db.session_factory(open_db(settings))
+    req = lifecycle.Request(
+        action=args.action, text=action_text(args), email=getattr(args, "email", None),
+        other=getattr(args, "other", None), versions=getattr(args, "versions", None),
+        cvss=getattr(args, "cvss", None), until=getattr(args, "until", None),
+        credit=getattr(args, "credit", None))
+    try:
+        with db.transaction(factory) as session:
+            event = lifecycle.act(session, now(), settings, args.id, req, operator())
+            doc = {"id": args.id, "action": event.action, "from_state": event.from_state,
+                   "to_state": event.to_state, "detail": event.detail}
+    except lifecycle.ActionError as exc:
+        raise CliError(str(exc)) from exc
+    emit(args, doc, lambda d: f"{d['id']}: {d['action']}: {d['from_state']} -> "
+                              f"{d['to_state']}" + (f" ({d['detail'].splitlines()[0]})"
+                                                     if d["detail"] else ""))
     return EXIT_OK
 
 
@@ -378,6 +435,34 @@ def build_parser() -> Parser:
     p.add_argument("--state")
     p = add("show", cmd_cases_show, "one case with messages and events", cases_sub)
     p.add_argument("id")
+    actions = {
+        "ack": "acknowledge: mail the reporter a human answer",
+        "assign": "make a team member the handler",
+        "confirm": "confirm the vulnerability (affected versions, CVSS vector)",
+        "reject": "reject the report and tell the reporter",
+        "duplicate": "close as a duplicate of another case",
+        "reply": "mail the reporter",
+        "comment": "add an internal comment (never sent to the reporter)",
+        "embargo": "set or move the embargo end",
+        "disclose": "mark public, tell and credit the reporter",
+        "close": "close (fixed after disclosure, else withdrawn)",
+    }
+    for name, helptext in actions.items():
+        p = add(name, cmd_case_action, helptext, cases_sub)
+        p.add_argument("id")
+        if name == "assign":
+            p.add_argument("email")
+        if name == "duplicate":
+            p.add_argument("other", metavar="OTHER_ID")
+        if name == "confirm":
+            p.add_argument("--versions", help="affected versions, e.g. '< 1.4.3'")
+            p.add_argument("--cvss", help="CVSS vector, e.g. CVSS:3.1/AV:N/...")
+        if name == "embargo":
+            p.add_argument("--until", type=iso_time, required=True,
+                           help="ISO 8601 with offset, e.g. 2026-12-01T15:00:00+00:00")
+        if name == "disclose":
+            p.add_argument("--credit", help="credit line, instead of the reporter's wish")
+        p.add_argument("--message", "-m", help="the text (default: standard input)")
 
     outbox = sub.add_parser("outbox", help="outgoing mail", parents=[common])
     outbox_sub = outbox.add_subparsers(dest="action", required=True, parser_class=Parser)

@@ -69,7 +69,7 @@ def run_once(settings: Settings, engine: Engine, clock: Callable[[], dt.datetime
     out while the inbox is still being read; it drains whatever is left once the pass ends.
     """
     factory = session_factory(engine)
-    scheduler.sweep_once(factory, clock)
+    scheduler.sweep_once(factory, clock, settings)
     wake, intake_done = threading.Event(), threading.Event()
     sent = [0]
 
@@ -114,12 +114,13 @@ def imap_pass(settings: Settings, engine: Engine, factory: sessionmaker[Session]
 
 class Daemon:
     def __init__(self, settings: Settings, engine: Engine | None = None,
-                 clock: Callable[[], dt.datetime] = utcnow):
+                 clock: Callable[[], dt.datetime] = utcnow,
+                 stop: threading.Event | None = None):
         self.settings = settings
         self.engine = engine or make_engine(settings.database.url)
         self.factory = session_factory(self.engine)
         self.clock = clock
-        self.stop = threading.Event()
+        self.stop = stop or threading.Event()
         self.wake = threading.Event()
         self.threads: list[threading.Thread] = []
 
@@ -156,7 +157,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self.request_stop)
         with transaction(self.factory) as session:
             relay.release_dead_leases(session)
-        sweeps = scheduler.start(self.factory, self.clock)
+        sweeps = scheduler.start(self.factory, self.clock, self.settings)
         controller = None
         if self.settings.listener.enabled:
             handler = Handler(self.settings, self.factory, self.clock, self.wake.set)

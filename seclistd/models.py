@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -121,6 +122,21 @@ class Case(Base):
     missing_information: Mapped[list[str]] = mapped_column(JSON, default=list)
     encrypted: Mapped[bool] = mapped_column(Boolean, default=False)
     root_message_id: Mapped[str | None] = mapped_column(String(998))
+    # Recorded by `confirm`: affected versions, the CVSS vector as given and its base score.
+    affected_versions: Mapped[str | None] = mapped_column(Text)
+    severity: Mapped[str | None] = mapped_column(String(255))
+    cvss_score: Mapped[float | None] = mapped_column(Float)
+    duplicate_of: Mapped[str | None] = mapped_column(String(32))
+    # How the reporter wants to be credited ("" = no credit wanted), and a GitHub ID.
+    credit: Mapped[str | None] = mapped_column(Text)
+    credit_github: Mapped[str | None] = mapped_column(String(39))
+    # SLA bookkeeping: the next moment a sweep must look at this case, how many of the
+    # acknowledgment reminders (and the deadline step) are done, when the reporter last
+    # heard from us, and how many update reminders went out since.
+    next_sla_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
+    ack_stage: Mapped[int] = mapped_column(Integer, default=0)
+    last_reporter_contact_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    update_reminders: Mapped[int] = mapped_column(Integer, default=0)
 
     messages: Mapped[list[Message]] = relationship(back_populates="case",
                                                    order_by="Message.id")

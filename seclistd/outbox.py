@@ -22,14 +22,17 @@ STATUSES = ("pending", "sent", "failed", "held")
 def enqueue(session: Session, now: dt.datetime, settings: Settings, *, kind: str, to: str,
             subject: str, body: str, case_id: str | None = None, to_name: str = "",
             in_reply_to: str | None = None, references: list[str] | None = None,
-            auto: bool = False) -> Outbox:
+            auto: bool = False, auto_submitted: str | None = "auto-generated") -> Outbox:
+    """One mail to one recipient. ``auto`` marks an automatic answer to a sender (counted by
+    the per-sender limit); ``auto_submitted`` is the RFC 3834 header (None for mail a person
+    wrote)."""
     project = settings.project
     message_id = compose.new_message_id(project.domain)
     raw = compose.build(
         from_addr=compose.address(project.security_address, f"{project.name} security team"),
         to_addr=compose.address(to, to_name), subject=subject, body=body,
         message_id=message_id, now=now, in_reply_to=in_reply_to, references=references,
-        auto_submitted="auto-replied" if auto else "auto-generated" if kind != "reply" else None,
+        auto_submitted=auto_submitted,
         loop_address=project.security_address)
     row = Outbox(case_id=case_id, kind=kind, auto=auto, to_addr=compose.clean(to, 320).lower(),
                  envelope_from=project.security_address, subject=compose.clean(subject),

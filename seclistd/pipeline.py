@@ -54,6 +54,6 @@ def process(session: Session, now: dt.datetime, settings: Settings, message: Mes
     if route.kind == "reply":
         case = session.get(Case, route.case_id)
         assert case is not None
-        report.attach_reply(session, now, case, message, mail, route.label)
+        report.attach_reply(session, now, settings, case, message, mail, route.label)
     else:
         report.open_case(session, now, settings, message, mail)

@@ -10,46 +10,60 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
+from typing import Any
 
-from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
+from seclistd.config import Settings
 from seclistd.db import transaction
 from seclistd.relay import release_dead_leases
+from seclistd.workflows import reminders
 
 log = logging.getLogger(__name__)
 
-Sweep = Callable[[Session, dt.datetime], int]
+Sweep = Callable[[Session, dt.datetime, Settings], int]
 
 
-def sweep_leases(session: Session, now: dt.datetime) -> int:
+def sweep_leases(session: Session, now: dt.datetime, settings: Settings) -> int:
     freed = release_dead_leases(session)
     if freed:
         log.info("released %d outbox leases of processes that died", freed)
     return freed
 
 
+# name -> (sweep, seconds between runs)
 SWEEPS: dict[str, tuple[Sweep, int]] = {
     "leases": (sweep_leases, 60),
+    "sla": (reminders.sweep, 60),
 }
 
 
 def run_sweep(factory: sessionmaker[Session], clock: Callable[[], dt.datetime],
-              sweep: Sweep) -> int:
-    with transaction(factory) as session:
-        return sweep(session, clock())
+              settings: Settings, sweep: Sweep) -> int:
+    try:
+        with transaction(factory) as session:
+            return sweep(session, clock(), settings)
+    except Exception:  # noqa: BLE001 - one failed sweep must not stop the others
+        log.exception("sweep %s failed; it runs again at its next turn", sweep.__name__)
+        return 0
 
 
-def sweep_once(factory: sessionmaker[Session], clock: Callable[[], dt.datetime]) -> None:
+def sweep_once(factory: sessionmaker[Session], clock: Callable[[], dt.datetime],
+               settings: Settings) -> None:
     for sweep, _interval in SWEEPS.values():
-        run_sweep(factory, clock, sweep)
+        run_sweep(factory, clock, settings, sweep)
 
 
-def start(factory: sessionmaker[Session], clock: Callable[[], dt.datetime]) -> BackgroundScheduler:
+def start(factory: sessionmaker[Session], clock: Callable[[], dt.datetime],
+          settings: Settings) -> Any:
+    """A started BackgroundScheduler running every sweep (imported here: only the daemon
+    needs APScheduler)."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
     scheduler = BackgroundScheduler(job_defaults={
         "misfire_grace_time": 1, "coalesce": True, "max_instances": 1}, timezone=dt.UTC)
     for name, (sweep, interval) in SWEEPS.items():
         scheduler.add_job(run_sweep, "interval", seconds=interval, id=name,
-                          args=(factory, clock, sweep), next_run_time=clock())
+                          args=(factory, clock, settings, sweep), next_run_time=clock())
     scheduler.start()
     return scheduler

@@ -54,6 +54,10 @@ def show_case(session: Session, tz: ZoneInfo, case_id: str) -> dict[str, Any] | 
         return None
     doc = case_summary(case, tz)
     doc["missing_information"] = list(case.missing_information or [])
+    doc.update({"affected_versions": case.affected_versions, "severity": case.severity,
+                "cvss_score": case.cvss_score, "duplicate_of": case.duplicate_of,
+                "credit": case.credit, "credit_github": case.credit_github,
+                "waiting_on": case.waiting_on})
     entries: list[tuple[dt.datetime, int, dict[str, Any]]] = []
     for m in session.scalars(select(Message).where(Message.case_id == case.id)):
         entries.append((m.received_at, 0, {

@@ -311,9 +311,15 @@ def cli(config: Path, *args: str, input: bytes | None = None, env: dict[str, str
                                        proc.stderr.decode("utf-8", "replace"))
 
 
-def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_daemon(config: Path, log: Path, wait: bool = False) -> subprocess.Popen[bytes]:
+    """`seclistd run` in the background; with ``wait``, return once it says it runs."""
     import sys
 
+    start = log.stat().st_size if log.exists() else 0
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "seclistd", "--config", str(config),
+        proc = subprocess.Popen([sys.executable, "-m", "seclistd", "--config", str(config),
                                  "run"], stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    if wait:
+        wait_for(lambda: b"seclistd running" in log.read_bytes()[start:], timeout=60,
+                 what="the daemon to start")
+    return proc

@@ -47,7 +47,7 @@ def test_kill_9_loses_nothing(tmp_path: Path, dovecot: Dovecot, sink: Sink):
         proc.wait(timeout=10)
         kills += 1
 
-    proc = start_daemon(env.path, log)
+    proc = start_daemon(env.path, log, wait=True)
     try:
         def settled() -> bool:
             with env.factory() as session:

@@ -99,3 +99,21 @@ def test_tells_systemd_ready_and_stopping(tmp_path: Path, sink: Sink):
             states.append(notify.recv(256))
         assert proc.wait(timeout=15) == 0
         notify.close()
+
+
+def test_sigterm_during_startup_is_a_clean_stop(tmp_path: Path, sink: Sink):
+    env = make_env(tmp_path, relay_port=sink.port)
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(env.path, log)
+
+    def opened_database() -> bool:
+        # The engine (and so _sqlite3) is loaded after the signal handlers are installed,
+        # and before the daemon's threads start.
+        try:
+            return "_sqlite3" in Path(f"/proc/{proc.pid}/maps").read_text()
+        except OSError:
+            return False
+
+    wait_for(opened_database, interval=0.005, what="the daemon to open its database")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0

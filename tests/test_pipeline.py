@@ -85,9 +85,14 @@ def test_reply_threads_by_references_then_subject_tag_and_gets_no_answer(env: En
 
     before = len(sink.messages())
     deliver(env)
-    # Only the new case answered: its receipt and its team notice; no answer to replies.
-    assert len(sink.messages()) == before + 2
+    # No answer to replies. New: the second case's receipt and team notice, and the
+    # reporter's own reply forwarded to the team (the stranger's mail is only recorded).
+    assert len(sink.messages()) == before + 3
     assert sink.to("someone@example.com") == []
+    forwards = [r for r in sink.to("alice@example.org")
+                if "Reporter wrote" in r.message["Subject"]]
+    assert len(forwards) == 1 and "[SEC-2026-0001]" in forwards[0].message["Subject"]
+    assert "Report 2: a buffer overflow" in forwards[0].message.get_body().get_content()
     doc = case_doc(env, "SEC-2026-0001")
     assert [m["from"] for m in doc["messages"] if m["direction"] == "in"] == [
         "reporter1@example.net", "reporter1@example.net", "someone@example.com"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from seclistd.calendar import calendar_for
@@ -18,7 +18,7 @@ from seclistd.mail.parse import ParsedMail
 from seclistd.mail.render import render
 from seclistd.models import Case, Counter, Event, Message
 from seclistd.outbox import automatic_answers_since, enqueue
-from seclistd.workflows import states
+from seclistd.workflows import completeness, lifecycle, sla, states
 
 SYSTEM = "seclistd"
 
@@ -58,8 +58,12 @@ def open_case(session: Session, now: dt.datetime, settings: Settings, message: M
                 reporter=mail.from_addr, reporter_name=compose.clean(mail.from_name, 200),
                 reply_to=loops.reply_address(mail), received_at=received,
                 ack_due=calendar.deadline(received, settings.sla.ack_business_days),
-                missing_information=[], encrypted=False, waiting_on="team",
-                root_message_id=mail.message_id)
+                missing_information=completeness.missing(mail.text, mail.attachments),
+                encrypted=False, waiting_on="team", root_message_id=mail.message_id,
+                ack_stage=0, update_reminders=0)
+    wish = completeness.credit(mail.text, case.reporter_name or "")
+    if wish is not None:
+        case.credit, case.credit_github = wish.name, wish.github
     session.add(case)
     message.case_id = case.id
     withheld = no_receipt_reason(session, now, settings, mail, own)
@@ -77,8 +81,9 @@ def open_case(session: Session, now: dt.datetime, settings: Settings, message: M
                 subject=compose.tagged_subject(case.id, mail.subject), body=body,
                 case_id=case.id, in_reply_to=mail.message_id,
                 references=mail.references + ([mail.message_id] if mail.message_id else []),
-                auto=True)
+                auto=True, auto_submitted="auto-replied")
         receipt_status = f"sent to {to}"
+        case.last_reporter_contact_at = now
     notified = notify_team(session, now, settings, case, mail, receipt_status)
     # One audit event for the opening; the mails it caused are on the case as messages.
     detail = f"report received via {message.source}; receipt {receipt_status}"
@@ -89,6 +94,7 @@ def open_case(session: Session, now: dt.datetime, settings: Settings, message: M
     if withheld:
         states.record(session, now, case, actor=SYSTEM, action="receipt_withheld",
                       detail=withheld)
+    sla.schedule(case, settings)
     return case
 
 
@@ -126,16 +132,47 @@ def no_receipt_reason(session: Session, now: dt.datetime, settings: Settings, ma
     return None
 
 
-def attach_reply(session: Session, now: dt.datetime, case: Case, message: Message,
-                 mail: ParsedMail, label: str) -> None:
-    """Record a reply (or a bounce or automatic reply) on its case; never answer it."""
+def attach_reply(session: Session, now: dt.datetime, settings: Settings, case: Case,
+                 message: Message, mail: ParsedMail, label: str) -> None:
+    """Record a reply (or a bounce or automatic reply) on its case; never answer it.
+
+    A reply from the reporter is forwarded to the handler (the team while unassigned),
+    may supply missing information or a wish for credit, and puts the team on turn.
+    """
     message.case_id = case.id
     who = mail.from_addr or "(unknown sender)"
-    if label == "reply" and who == case.reporter:
-        case.waiting_on = "team"
     detail = {"reply": f"message from {who}", "bounce": f"delivery failure report from {who}",
               "auto_reply": f"automatic reply from {who}"}.get(label, label)
+    from_reporter = label == "reply" and who in (case.reporter, case.reply_to)
+    if from_reporter:
+        case.waiting_on = "team"
+        detail = f"message from the reporter ({who})"
+        _reporter_wrote(session, now, settings, case, message, mail)
     states.record(session, now, case, actor=who, action=label, detail=detail)
+
+
+def _reporter_wrote(session: Session, now: dt.datetime, settings: Settings, case: Case,
+                    message: Message, mail: ParsedMail) -> None:
+    if case.missing_information:
+        earlier = session.scalars(select(Message.text).where(
+            Message.case_id == case.id, Message.from_addr == case.reporter)).all()
+        everything = "\n\n".join([*(t or "" for t in earlier), mail.text])
+        still = [item for item in completeness.missing(everything, mail.attachments)
+                 if item in case.missing_information]
+        if still != case.missing_information:
+            supplied = [i for i in case.missing_information if i not in still]
+            case.missing_information = still
+            states.record(session, now, case, actor=case.reporter, action="information",
+                          detail="supplied: " + "; ".join(supplied))
+    wish = completeness.credit(mail.text, case.reporter_name or "")
+    if wish is not None:
+        case.credit, case.credit_github = wish.name, wish.github
+    body = render("reporter_forward.txt.j2", settings.templates.dir,
+                  case=lifecycle.case_view(case, settings), subject=mail.subject,
+                  text=mail.text, attachments=[a for a in mail.attachments if a])
+    lifecycle.notify_team(session, now, settings, case, kind="reporter_forward",
+                          subject=f"Reporter wrote: {case.subject}", body=body,
+                          handler_only=True)
 
 
 def own_addresses(settings: Settings) -> frozenset[str]:

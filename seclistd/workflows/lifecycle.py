@@ -1,0 +1,233 @@
+"""Actions on a case: the one way a case changes, whoever asks (CLI or signed mail).
+
+``act`` looks the (state, action) pair up in ``states.RULES``, checks the action's own
+conditions, applies it, writes the audit event and queues the mail it causes, all in the
+caller's transaction. The text of ack, reply, reject and disclose is mailed to the reporter,
+threaded on their last message with ``[ID]`` in the subject; every other action's text stays
+internal (an event, never a mail to the reporter).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from seclistd.config import Settings
+from seclistd.mail import compose
+from seclistd.mail.render import render
+from seclistd.models import Case, Event, Message
+from seclistd.outbox import enqueue
+from seclistd.workflows import sla, states
+
+
+class ActionError(Exception):
+    """The action was refused; the text is the one line for the operator or the sender."""
+
+
+class UnknownCase(ActionError):
+    pass
+
+
+class IllegalAction(ActionError):
+    pass
+
+
+@dataclass(frozen=True)
+class Request:
+    action: str
+    text: str = ""
+    email: str | None = None  # assign
+    other: str | None = None  # duplicate
+    versions: str | None = None  # confirm
+    cvss: str | None = None  # confirm
+    until: dt.datetime | None = None  # embargo
+    credit: str | None = None  # disclose: overrides what the reporter asked for
+
+
+def parse_cvss(vector: str) -> tuple[str, float]:
+    """(normalised vector, base score); ActionError when the vector is not valid CVSS."""
+    from cvss import CVSS2, CVSS3, CVSS4
+    from cvss.exceptions import CVSSError
+
+    vector = vector.strip()
+    try:
+        if vector.startswith("CVSS:4."):
+            v4 = CVSS4(vector)
+            return v4.clean_vector(), float(v4.base_score)
+        if vector.startswith("CVSS:3."):
+            v3 = CVSS3(vector)
+            return v3.clean_vector(), float(v3.scores()[0])
+        v2 = CVSS2(vector)
+        return v2.clean_vector(), float(v2.scores()[0])
+    except CVSSError as exc:
+        raise ActionError(f"severity {vector!r} is not a valid CVSS vector ({exc}); expected "
+                          "e.g. CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H") from exc
+
+
+def load(session: Session, case_id: str) -> Case:
+    case = session.get(Case, case_id, with_for_update=True)
+    if case is None:
+        raise UnknownCase(f"no case {case_id}, expected an ID from `seclistd cases list`")
+    return case
+
+
+def act(session: Session, now: dt.datetime, settings: Settings, case_id: str, req: Request,
+        actor: str) -> Event:
+    case = load(session, case_id)
+    rule = states.RULES.get((case.state, req.action))
+    if rule is None:
+        raise IllegalAction(
+            f"cannot {req.action} {case.id}: it is {case.state}"
+            + (f" ({case.resolution})" if case.resolution else "")
+            + "; allowed now: " + (", ".join(states.allowed(case.state)) or "nothing"))
+    if req.action in ("ack", "reply", "reject") and not req.text.strip():
+        raise ActionError(f"{req.action} mails the reporter: give the text with --message or "
+                          "on standard input")
+    detail = _apply(session, now, settings, case, req, actor)
+    if rule.resolution:
+        case.resolution = rule.resolution
+    if req.action in states.TO_REPORTER:
+        mail_reporter(session, now, settings, case, req, actor)
+        detail = (detail + "; " if detail else "") + "mailed to the reporter"
+    elif req.text.strip():
+        detail = (detail + "\n" if detail else "") + req.text.strip()
+    event = states.record(session, now, case, actor=actor, action=req.action, detail=detail,
+                          to_state=rule.to_state)
+    if case.state == states.ACKNOWLEDGED and case.acknowledged_at is None:
+        case.acknowledged_at = now
+    sla.schedule(case, settings)
+    return event
+
+
+def _apply(session: Session, now: dt.datetime, settings: Settings, case: Case, req: Request,
+           actor: str) -> str:
+    """The action's own effect; returns the event detail."""
+    if req.action == "assign":
+        email = (req.email or "").strip().lower()
+        team = {m.email: m for m in settings.team.members}
+        if email not in team:
+            raise ActionError(f"{email or '(none)'} is not on the security team, expected one "
+                              "of " + (", ".join(sorted(team)) or "the [team] members"))
+        case.handler = email
+        body = render("assigned.txt.j2", settings.templates.dir, case=case_view(case, settings),
+                      actor=actor, text=req.text.strip())
+        enqueue(session, now, settings, kind="assigned", to=email, to_name=team[email].name,
+                subject=compose.tagged_subject(case.id, f"Assigned to you: {case.subject}"),
+                body=body, case_id=case.id)
+        return f"handler: {email}"
+    if req.action == "confirm":
+        parts = []
+        if req.versions:
+            case.affected_versions = compose.clean(req.versions, 500)
+            parts.append(f"affected versions: {case.affected_versions}")
+        if req.cvss:
+            case.severity, case.cvss_score = parse_cvss(req.cvss)
+            parts.append(f"severity: {case.severity} ({case.cvss_score})")
+        if case.handler is None and actor in {m.email for m in settings.team.members}:
+            case.handler = actor
+            parts.append(f"handler: {actor}")
+        return "; ".join(parts)
+    if req.action == "duplicate":
+        other_id = (req.other or "").strip()
+        other = session.get(Case, other_id)
+        if other is None or other.id == case.id:
+            raise ActionError(f"{other_id or '(none)'} is not another case, expected the ID of "
+                              "the case this one duplicates")
+        case.duplicate_of = other.id
+        return f"duplicate of {other.id}"
+    if req.action == "embargo":
+        return _embargo(case, req, now, settings)
+    if req.action == "disclose":
+        if req.credit is not None:
+            case.credit = compose.clean(req.credit, 200)
+        return f"credited as {credit_line(case) or '(no credit)'}"
+    return ""
+
+
+def _embargo(case: Case, req: Request, now: dt.datetime, settings: Settings) -> str:
+    until = req.until
+    if until is None or until.tzinfo is None:
+        raise ActionError("embargo needs --until with a date, time and offset, e.g. "
+                          "2026-12-01T15:00:00+00:00")
+    if until <= now:
+        raise ActionError(f"embargo end {until.isoformat()} is in the past, expected a future "
+                          "time")
+    longest = max((lst.max_embargo_days for lst in settings.lists), default=None)
+    if longest is not None and until - now > dt.timedelta(days=longest):
+        raise ActionError(f"embargo end {until.isoformat()} is more than {longest} days away "
+                          "(lists.max_embargo_days), expected an earlier date")
+    case.embargo_until = until
+    return f"embargo until {until.astimezone(settings.project.tz).isoformat()}"
+
+
+def credit_line(case: Case) -> str:
+    if not case.credit and not case.credit_github:
+        return ""
+    name = case.credit or ""
+    if case.credit_github:
+        name = f"{name} (GitHub @{case.credit_github})" if name else f"@{case.credit_github}"
+    return name
+
+
+def case_view(case: Case, settings: Settings) -> dict[str, object]:
+    """What templates may show of a case (times in the project's time zone)."""
+    tz = settings.project.tz
+    return {
+        "id": case.id, "state": case.state, "subject": case.subject, "reporter": case.reporter,
+        "handler": case.handler or "(unassigned)",
+        "received_at": case.received_at.astimezone(tz).strftime("%A %d %B %Y, %H:%M %Z"),
+        "ack_due": case.ack_due.astimezone(tz).strftime("%A %d %B %Y, %H:%M %Z"),
+        "embargo_until": (case.embargo_until.astimezone(tz).strftime("%A %d %B %Y, %H:%M %Z")
+                          if case.embargo_until else None),
+        "missing": list(case.missing_information or []),
+        "project": settings.project.name,
+        "security_address": settings.project.security_address,
+    }
+
+
+def thread_of(session: Session, case: Case) -> tuple[str | None, list[str]]:
+    """(In-Reply-To, References) for a mail to the reporter: their latest message."""
+    latest = session.scalar(
+        select(Message.message_id).where(Message.case_id == case.id,
+                                         Message.from_addr == case.reporter,
+                                         Message.message_id.is_not(None))
+        .order_by(Message.id.desc()).limit(1))
+    refs = [r for r in dict.fromkeys([case.root_message_id, latest]) if r]
+    return latest or case.root_message_id, refs
+
+
+def mail_reporter(session: Session, now: dt.datetime, settings: Settings, case: Case,
+                  req: Request, actor: str, *, auto_submitted: str | None = None) -> None:
+    template = "disclose.txt.j2" if req.action == "disclose" else "to_reporter.txt.j2"
+    body = render(template, settings.templates.dir, case=case_view(case, settings),
+                  text=req.text.strip(), action=req.action, credit=credit_line(case))
+    send_to_reporter(session, now, settings, case, kind=req.action, body=body,
+                     auto_submitted=auto_submitted)
+
+
+def send_to_reporter(session: Session, now: dt.datetime, settings: Settings, case: Case, *,
+                     kind: str, body: str, auto_submitted: str | None) -> None:
+    in_reply_to, references = thread_of(session, case)
+    enqueue(session, now, settings, kind=kind, to=case.reply_to or case.reporter,
+            to_name=case.reporter_name or "", body=body, case_id=case.id,
+            subject=compose.tagged_subject(case.id, f"Re: {case.subject}"),
+            in_reply_to=in_reply_to, references=references, auto_submitted=auto_submitted)
+    case.last_reporter_contact_at = now
+    case.update_reminders = 0
+    case.waiting_on = "reporter"
+
+
+def notify_team(session: Session, now: dt.datetime, settings: Settings, case: Case, *,
+                kind: str, subject: str, body: str, handler_only: bool = False) -> list[str]:
+    """Mail the handler (when ``handler_only`` and assigned) or every team member."""
+    members = settings.team.members
+    if handler_only and case.handler:
+        members = tuple(m for m in members if m.email == case.handler) or members
+    for member in members:
+        enqueue(session, now, settings, kind=kind, to=member.email, to_name=member.name,
+                subject=compose.tagged_subject(case.id, subject), body=body, case_id=case.id,
+                in_reply_to=case.root_message_id)
+    return [m.email for m in members]
