@@ -27,8 +27,9 @@ deps-test:
 	@command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dovecot-imapd; }
-	@command -v gpg >/dev/null 2>&1 || { \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq gnupg; }
+	@command -v gpg >/dev/null 2>&1 && command -v faketime >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq gnupg faketime; }
 
 test: $(STAMP) deps-test
 	$(BIN)/ruff check seclistd migrations tests bench

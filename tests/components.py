@@ -299,12 +299,16 @@ def report(i: int, *, sender: str | None = None, subject: str | None = None,
 
 
 def cli(config: Path, *args: str, input: bytes | None = None, env: dict[str, str] | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run `python -m seclistd --config CONFIG ARGS…` and capture its output."""
+        timeout: float = 120, faketime: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m seclistd --config CONFIG ARGS…` (under `faketime -f OFFSET` if given)
+    and capture its output."""
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "seclistd", "--config", str(config), *args],
-                          input=input, capture_output=True, timeout=timeout,
+    prefix = ["faketime", "-f", faketime] if faketime else []
+    proc = subprocess.run([*prefix, sys.executable, "-m", "seclistd", "--config", str(config),
+                           *args],
+                          input=input if input is not None else b"", capture_output=True,
+                          timeout=timeout,
                           env={**os.environ, **(env or {})})
     return subprocess.CompletedProcess(proc.args, proc.returncode,
                                        proc.stdout.decode("utf-8", "replace"),

@@ -96,7 +96,8 @@ def credit(text: str, default_name: str) -> Credit | None:
         return None
     name = default_name
     if line is not None:
-        value = _AT_HANDLE.sub("", _GITHUB.sub("", line.group("value"))).strip(" .,:;()[]-")
+        value = _AT_HANDLE.sub("", _GITHUB.sub("", line.group("value")))
+        value = re.sub(r"\(\s*\)|\[\s*\]", "", value).strip(" \t\r.,:;()[]-")
         if value and not re.fullmatch(r"(?:me|my name|please)", value, re.I):
             name = value
     return Credit(name=name[:200], github=github)

@@ -116,7 +116,7 @@ def _apply(session: Session, now: dt.datetime, settings: Settings, case: Case, r
                       actor=actor, text=req.text.strip())
         enqueue(session, now, settings, kind="assigned", to=email, to_name=team[email].name,
                 subject=compose.tagged_subject(case.id, f"Assigned to you: {case.subject}"),
-                body=body, case_id=case.id)
+                body=body, case_id=case.id, in_reply_to=case.root_message_id)
         return f"handler: {email}"
     if req.action == "confirm":
         parts = []
