@@ -114,13 +114,12 @@ def load_settings(args: argparse.Namespace) -> config_mod.Settings:
 def open_db(settings: config_mod.Settings) -> Any:
     engine = db.make_engine(settings.database.url)
     try:
-        migrated = db.is_migrated(engine)
+        problem = db.schema_problem(engine)
     except Exception as exc:  # noqa: BLE001 - any connection failure is reported the same way
         raise CliError(f"database {db_label(settings)}: cannot connect ({exc.__class__.__name__}:"
                        f" {str(exc).splitlines()[0]}), check database.url", EXIT_FAILED) from exc
-    if not migrated:
-        raise CliError(f"database {db_label(settings)} is not set up, run `seclistd migrate` "
-                       "first", EXIT_USAGE)
+    if problem:
+        raise CliError(f"database {db_label(settings)} {problem}", EXIT_USAGE)
     return engine
 
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -139,5 +139,28 @@ def downgrade(url: str, revision: str) -> None:
     command.downgrade(alembic_config(url), revision)
 
 
-def is_migrated(engine: Engine) -> bool:
-    return inspect(engine).has_table("cases")
+# The migrations in order; the last is the schema this code needs. tests/test_migrations.py
+# checks this against Alembic's own history, so it cannot drift.
+REVISIONS = ("0001", "0002")
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The database's Alembic revision (None: not set up), read without importing Alembic."""
+    if not inspect(engine).has_table("alembic_version"):
+        return None
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def schema_problem(engine: Engine) -> str | None:
+    """None when the schema is the one this code needs, else what to do about it."""
+    revision = schema_revision(engine)
+    if revision == REVISIONS[-1]:
+        return None
+    if revision is None:
+        return "is not set up, run `seclistd migrate` first"
+    if revision in REVISIONS:
+        return (f"has schema {revision}, this seclistd needs {REVISIONS[-1]}: run "
+                "`seclistd migrate`")
+    return (f"has schema {revision}, newer than this seclistd knows ({REVISIONS[-1]}): "
+            "run the seclistd version that migrated it")

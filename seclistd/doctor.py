@@ -30,14 +30,14 @@ def _first_line(exc: BaseException) -> str:
 def check_database(settings: Settings) -> Result:
     try:
         engine = db.make_engine(settings.database.url)
-        migrated = db.is_migrated(engine)
+        problem = db.schema_problem(engine)
         engine.dispose()
     except Exception as exc:  # noqa: BLE001
         return Result("database", False, f"cannot connect ({_first_line(exc)}); check "
                       "database.url and that the server runs")
-    if not migrated:
-        return Result("database", False, "reachable but not set up; run `seclistd migrate`")
-    return Result("database", True, "reachable and migrated")
+    if problem:
+        return Result("database", False, f"reachable but {problem}")
+    return Result("database", True, f"reachable, schema {db.REVISIONS[-1]}")
 
 
 def check_imap(settings: Settings) -> Result:
