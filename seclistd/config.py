@@ -164,6 +164,7 @@ class LimitSettings:
     max_header_bytes: int = 100 * 1024
     max_mime_parts: int = 100
     max_received: int = 50
+    max_decrypted_bytes: int = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -357,6 +358,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Check | None]]] = {
         "max_header_bytes": (100 * 1024, _is_int(1024)),
         "max_mime_parts": (100, _is_int(1)),
         "max_received": (50, _is_int(1)),
+        "max_decrypted_bytes": (32 * 1024 * 1024, _is_int(1024)),
     },
 }
 

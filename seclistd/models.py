@@ -95,6 +95,10 @@ class Message(Base):
     to_addrs: Mapped[str | None] = mapped_column(Text)
     subject: Mapped[str | None] = mapped_column(Text)
     text: Mapped[str | None] = mapped_column(Text)
+    # OpenPGP: whether it came encrypted (text is then the decrypted text), and the primary
+    # fingerprint of a valid signature, if it had one.
+    encrypted: Mapped[bool] = mapped_column(Boolean, default=False)
+    signed_by: Mapped[str | None] = mapped_column(String(40))
     case_id: Mapped[str | None] = mapped_column(ForeignKey("cases.id"), index=True)
 
     case: Mapped[Case | None] = relationship(back_populates="messages")
@@ -137,6 +141,8 @@ class Case(Base):
     ack_stage: Mapped[int] = mapped_column(Integer, default=0)
     last_reporter_contact_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     update_reminders: Mapped[int] = mapped_column(Integer, default=0)
+    # The key the reporter sent (attached or Autocrypt), pinned on first sight.
+    reporter_key: Mapped[str | None] = mapped_column(String(40))
 
     messages: Mapped[list[Message]] = relationship(back_populates="case",
                                                    order_by="Message.id")
@@ -181,6 +187,9 @@ class Outbox(Base):
     # pending -> sent | failed; held when it may not go out (later: no key to encrypt to)
     status: Mapped[str] = mapped_column(String(16))
     encrypted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Encrypt to this fingerprint alone when sending; must_encrypt without a key holds it.
+    encrypt_to: Mapped[str | None] = mapped_column(String(40))
+    must_encrypt: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
@@ -188,6 +197,18 @@ class Outbox(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class HonouredSignature(Base):
+    """A signature that carried out a command: each is honoured once."""
+
+    __tablename__ = "honoured_signatures"
+
+    sig_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(40))
+    case_id: Mapped[str | None] = mapped_column(String(32))
+    message_id: Mapped[int | None] = mapped_column(Integer)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class Counter(Base):

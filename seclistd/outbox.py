@@ -14,13 +14,29 @@ from sqlalchemy.orm import Session
 
 from seclistd.config import Settings
 from seclistd.mail import compose
-from seclistd.models import Outbox
+from seclistd.models import Case, Outbox
 
 STATUSES = ("pending", "sent", "failed", "held")
 
 
+def recipient_key(settings: Settings, case: Case | None, to: str) -> tuple[str | None, bool]:
+    """(fingerprint to encrypt to, whether the mail may only go out encrypted).
+
+    A team member with a fingerprint in [team] gets mail encrypted to it. The reporter gets
+    mail encrypted to the key pinned on the case; a reporter who wrote encrypted but sent no
+    key gets nothing in plaintext: the mail is held until their key is imported.
+    """
+    to = to.lower()
+    for member in settings.team.members:
+        if member.email == to:
+            return (member.fingerprint or None), bool(member.fingerprint)
+    if case is not None and to in (case.reporter, (case.reply_to or "").lower()):
+        return case.reporter_key, bool(case.reporter_key) or bool(case.encrypted)
+    return None, False
+
+
 def enqueue(session: Session, now: dt.datetime, settings: Settings, *, kind: str, to: str,
-            subject: str, body: str, case_id: str | None = None, to_name: str = "",
+            subject: str, body: str, case: Case | None = None, to_name: str = "",
             in_reply_to: str | None = None, references: list[str] | None = None,
             auto: bool = False, auto_submitted: str | None = "auto-generated") -> Outbox:
     """One mail to one recipient. ``auto`` marks an automatic answer to a sender (counted by
@@ -34,10 +50,12 @@ def enqueue(session: Session, now: dt.datetime, settings: Settings, *, kind: str
         message_id=message_id, now=now, in_reply_to=in_reply_to, references=references,
         auto_submitted=auto_submitted,
         loop_address=project.security_address)
-    row = Outbox(case_id=case_id, kind=kind, auto=auto, to_addr=compose.clean(to, 320).lower(),
-                 envelope_from=project.security_address, subject=compose.clean(subject),
-                 message_id=message_id, raw=raw, status="pending", encrypted=False,
-                 attempts=0, created_at=now, next_attempt_at=now)
+    encrypt_to, must_encrypt = recipient_key(settings, case, to)
+    row = Outbox(case_id=case.id if case else None, kind=kind, auto=auto,
+                 to_addr=compose.clean(to, 320).lower(), envelope_from=project.security_address,
+                 subject=compose.clean(subject), message_id=message_id, raw=raw,
+                 status="pending", encrypted=False, encrypt_to=encrypt_to,
+                 must_encrypt=must_encrypt, attempts=0, created_at=now, next_attempt_at=now)
     session.add(row)
     return row
 

@@ -30,7 +30,8 @@ CONTEXT = {"case": CASE, "case_id": "SEC-2026-0042", "project": "Example",
            "receipt_status": "sent to rita@example.net", "encrypted": False,
            "attachments": ["poc.cfg"], "text": "Upload poc.cfg to crash the parser.",
            "actor": "bob@example.org", "days": 2, "business_days": 3, "fallback": True,
-           "credit": "Jane Doe (GitHub @janedoe)", "action": "reply"}
+           "credit": "Jane Doe (GitHub @janedoe)", "action": "reply",
+           "reason": "the signature is not by the key on record for the sender"}
 
 
 def test_every_template_renders_with_realistic_data():

@@ -19,13 +19,14 @@ from sqlalchemy.orm import Session
 from seclistd.mail import loops
 from seclistd.mail.parse import ParsedMail
 from seclistd.models import Case, Message, Outbox
+from seclistd.workflows.commands import looks_like_command
 
 _DSN_MSGID = re.compile(rb"^message-id:[ \t]*(<[^<>\s]{1,900}>)", re.I | re.M)
 
 
 @dataclass(frozen=True)
 class Route:
-    kind: str  # "quarantine" | "reply" | "new_report"
+    kind: str  # "quarantine" | "command" | "reply" | "new_report"
     label: str  # what the message is: loop, bounce, auto_reply, reply, new_report, ...
     case_id: str | None = None
     reason: str | None = None
@@ -39,6 +40,7 @@ class Context:
     own_addresses: frozenset[str]
     case_prefix: str
     max_received: int
+    team: frozenset[str] = frozenset()
 
 
 def case_by_thread(session: Session, ids: list[str]) -> str | None:
@@ -99,6 +101,13 @@ def rule_auto_reply(ctx: Context) -> Route | None:
     return Route("quarantine", "auto_reply", reason="automatic reply that matches no case")
 
 
+def rule_command(ctx: Context) -> Route | None:
+    """Keyword lines from a team address: a command, to be checked by its signature."""
+    if ctx.mail.from_addr in ctx.team and looks_like_command(ctx.mail.text):
+        return Route("command", "command", case_id=threaded_case(ctx))
+    return None
+
+
 def rule_reply(ctx: Context) -> Route | None:
     case_id = threaded_case(ctx)
     return Route("reply", "reply", case_id=case_id) if case_id else None
@@ -116,7 +125,8 @@ def rule_new_report(ctx: Context) -> Route | None:
 
 
 RULES: tuple[Callable[[Context], Route | None], ...] = (
-    rule_loop, rule_bounce, rule_auto_reply, rule_reply, rule_sender, rule_new_report,
+    rule_loop, rule_bounce, rule_auto_reply, rule_command, rule_reply, rule_sender,
+    rule_new_report,
 )
 
 

@@ -116,7 +116,7 @@ def _apply(session: Session, now: dt.datetime, settings: Settings, case: Case, r
                       actor=actor, text=req.text.strip())
         enqueue(session, now, settings, kind="assigned", to=email, to_name=team[email].name,
                 subject=compose.tagged_subject(case.id, f"Assigned to you: {case.subject}"),
-                body=body, case_id=case.id, in_reply_to=case.root_message_id)
+                body=body, case=case, in_reply_to=case.root_message_id)
         return f"handler: {email}"
     if req.action == "confirm":
         parts = []
@@ -212,7 +212,7 @@ def send_to_reporter(session: Session, now: dt.datetime, settings: Settings, cas
                      kind: str, body: str, auto_submitted: str | None) -> None:
     in_reply_to, references = thread_of(session, case)
     enqueue(session, now, settings, kind=kind, to=case.reply_to or case.reporter,
-            to_name=case.reporter_name or "", body=body, case_id=case.id,
+            to_name=case.reporter_name or "", body=body, case=case,
             subject=compose.tagged_subject(case.id, f"Re: {case.subject}"),
             in_reply_to=in_reply_to, references=references, auto_submitted=auto_submitted)
     case.last_reporter_contact_at = now
@@ -228,6 +228,6 @@ def notify_team(session: Session, now: dt.datetime, settings: Settings, case: Ca
         members = tuple(m for m in members if m.email == case.handler) or members
     for member in members:
         enqueue(session, now, settings, kind=kind, to=member.email, to_name=member.name,
-                subject=compose.tagged_subject(case.id, subject), body=body, case_id=case.id,
+                subject=compose.tagged_subject(case.id, subject), body=body, case=case,
                 in_reply_to=case.root_message_id)
     return [m.email for m in members]

@@ -45,7 +45,7 @@ def local_time(settings: Settings, when: dt.datetime) -> str:
 
 
 def open_case(session: Session, now: dt.datetime, settings: Settings, message: Message,
-              mail: ParsedMail) -> Case:
+              mail: ParsedMail, offered: list[str] = ()) -> Case:  # type: ignore[assignment]
     """Open a case in state ``new`` with its receipt and team notices."""
     tz = settings.project.tz
     received = message.received_at
@@ -59,8 +59,9 @@ def open_case(session: Session, now: dt.datetime, settings: Settings, message: M
                 reply_to=loops.reply_address(mail), received_at=received,
                 ack_due=calendar.deadline(received, settings.sla.ack_business_days),
                 missing_information=completeness.missing(mail.text, mail.attachments),
-                encrypted=False, waiting_on="team", root_message_id=mail.message_id,
-                ack_stage=0, update_reminders=0)
+                encrypted=message.encrypted, waiting_on="team",
+                root_message_id=mail.message_id, ack_stage=0, update_reminders=0,
+                reporter_key=pick_key(settings, offered, mail.from_addr))
     wish = completeness.credit(mail.text, case.reporter_name or "")
     if wish is not None:
         case.credit, case.credit_github = wish.name, wish.github
@@ -79,7 +80,7 @@ def open_case(session: Session, now: dt.datetime, settings: Settings, message: M
                       security_address=settings.project.security_address)
         enqueue(session, now, settings, kind="receipt", to=to, to_name=case.reporter_name or "",
                 subject=compose.tagged_subject(case.id, mail.subject), body=body,
-                case_id=case.id, in_reply_to=mail.message_id,
+                case=case, in_reply_to=mail.message_id,
                 references=mail.references + ([mail.message_id] if mail.message_id else []),
                 auto=True, auto_submitted="auto-replied")
         receipt_status = f"sent to {to}"
@@ -113,7 +114,7 @@ def notify_team(session: Session, now: dt.datetime, settings: Settings, case: Ca
     subject = compose.tagged_subject(case.id, f"New report: {mail.subject}")
     for member in members:
         enqueue(session, now, settings, kind="team_new_case", to=member.email,
-                to_name=member.name, subject=subject, body=body, case_id=case.id,
+                to_name=member.name, subject=subject, body=body, case=case,
                 in_reply_to=mail.message_id)
     return [m.email for m in members]
 
@@ -132,8 +133,23 @@ def no_receipt_reason(session: Session, now: dt.datetime, settings: Settings, ma
     return None
 
 
+def pick_key(settings: Settings, offered: list[str], address: str | None) -> str | None:
+    """The offered key to pin: one with a user ID for the address, else the first one."""
+    if not offered:
+        return None
+    from seclistd.pipeline import keyring
+
+    ring = keyring(settings)
+    for fingerprint in offered:
+        info = ring.key(fingerprint) if ring else None
+        if info and address and any(address in uid.lower() for uid in info.uids):
+            return fingerprint
+    return offered[0]
+
+
 def attach_reply(session: Session, now: dt.datetime, settings: Settings, case: Case,
-                 message: Message, mail: ParsedMail, label: str) -> None:
+                 message: Message, mail: ParsedMail, label: str,
+                 offered: list[str] = ()) -> None:  # type: ignore[assignment]
     """Record a reply (or a bounce or automatic reply) on its case; never answer it.
 
     A reply from the reporter is forwarded to the handler (the team while unassigned),
@@ -147,6 +163,14 @@ def attach_reply(session: Session, now: dt.datetime, settings: Settings, case: C
     if from_reporter:
         case.waiting_on = "team"
         detail = f"message from the reporter ({who})"
+        if message.encrypted and not case.encrypted:
+            case.encrypted = True
+        key = pick_key(settings, offered, case.reporter)
+        if key and not case.reporter_key:
+            case.reporter_key = key
+            detail += f"; their key {key} is now pinned"
+        elif key and key != case.reporter_key:
+            detail += f"; they offered another key {key}, the pinned one stays"
         _reporter_wrote(session, now, settings, case, message, mail)
     states.record(session, now, case, actor=who, action=label, detail=detail)
 
