@@ -321,9 +321,15 @@ def cmd_outbox_retry(args: argparse.Namespace) -> int:
 
     settings = load_settings(args)
     factory = db.session_factory(open_db(settings))
+    from seclistd.pipeline import keyring
+
+    def find_key(address: str) -> str | None:
+        ring = keyring(settings)
+        return ring.key_for_address(address) if ring else None
+
     try:
         with db.transaction(factory) as session:
-            row = relay.retry(session, now(), args.id)
+            row = relay.retry(session, now(), args.id, find_key)
             doc = views.outbox_row(row, settings.project.tz)
     except LookupError as exc:
         raise CliError(f"no outbox row {args.id}, expected an ID from `seclistd outbox list`"
@@ -376,6 +382,72 @@ def cmd_quarantine_release(args: argparse.Namespace) -> int:
         raise CliError(f"message {args.id} is still quarantined: {outcome.reason}")
     emit(args, doc, lambda d: f"message {d['message']} released: {d['route']} on case "
                               f"{d['case_id']}")
+    return EXIT_OK
+
+
+def _keyring(settings: config_mod.Settings) -> Any:
+    from seclistd.pipeline import keyring
+
+    ring = keyring(settings)
+    if ring is None:
+        raise CliError("gpg is not installed: apt-get install gnupg")
+    return ring
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    ring = _keyring(settings)
+    address = settings.project.security_address
+    existing = [k for k in ring.list_keys(secret=True)
+                if any(address in uid for uid in k.uids)]
+    if existing and not args.force:
+        raise CliError(f"a secret key for {address} exists already ({existing[0].fingerprint});"
+                       " use it (gnupg.key) or pass --force for another")
+    print(f"generating an ed25519 key for {address} ...", file=sys.stderr)
+    fpr = ring.generate(f"{settings.project.name} security team", address)
+    emit(args, {"fingerprint": fpr}, lambda d: f"{d['fingerprint']}\nset it in the config:"
+                                               f" [gnupg] key = \"{d['fingerprint']}\"")
+    return EXIT_OK
+
+
+def cmd_keys_import(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    ring = _keyring(settings)
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        raise CliError(f"{args.file}: cannot read it ({exc.strerror}), expected an OpenPGP "
+                       "key file") from exc
+    fingerprints = ring.import_keys(data)
+    if not fingerprints:
+        raise CliError(f"{args.file}: no OpenPGP key in it, expected an armored or binary key")
+    emit(args, {"imported": fingerprints}, lambda d: "\n".join(d["imported"]))
+    return EXIT_OK
+
+
+def cmd_keys_export(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    fpr = args.fingerprint or settings.gnupg.key
+    if not fpr:
+        raise CliError("no project key configured: set gnupg.key (see `seclistd keys list`)"
+                       " or name a fingerprint", EXIT_USAGE)
+    from seclistd.crypto import CryptoError
+
+    try:
+        armored = _keyring(settings).export(fpr)
+    except CryptoError as exc:
+        raise CliError(f"{exc}; `seclistd keys list` shows the keys") from exc
+    emit(args, {"fingerprint": fpr, "key": armored}, lambda d: d["key"].rstrip("\n"))
+    return EXIT_OK
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    rows = [k.as_dict() for k in _keyring(settings).list_keys()]
+    for row in rows:
+        row["uids"] = ", ".join(row["uids"]) if not args.json else row["uids"]
+    emit(args, rows, lambda r: table(r, ["fingerprint", "secret", "expires", "uids"],
+                                     "no keys"))
     return EXIT_OK
 
 
@@ -478,6 +550,16 @@ def build_parser() -> Parser:
     p.add_argument("id", type=positive_int)
     p = add("release", cmd_quarantine_release, "process a quarantined message again", q_sub)
     p.add_argument("id", type=positive_int)
+    keys = sub.add_parser("keys", help="the OpenPGP keyring", parents=[common])
+    keys_sub = keys.add_subparsers(dest="action", required=True, parser_class=Parser)
+    p = add("generate", cmd_keys_generate, "generate the project key", keys_sub)
+    p.add_argument("--force", action="store_true", help="even if one exists already")
+    p = add("import", cmd_keys_import, "import a public or secret key (FILE or -)", keys_sub)
+    p.add_argument("file", metavar="FILE")
+    p = add("export", cmd_keys_export, "print a public key (the project key by default)",
+            keys_sub)
+    p.add_argument("fingerprint", nargs="?", metavar="FPR")
+    add("list", cmd_keys_list, "list the keys", keys_sub)
     return parser
 
 

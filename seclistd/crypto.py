@@ -122,6 +122,12 @@ def parse_status(stderr: str) -> Verification:
         key_problems=tuple(problems))
 
 
+def uid_address(uid: str) -> str:
+    """The address in a user ID such as 'Alice <alice@example.org>'."""
+    match = re.search(r"<([^<>\s]+@[^<>\s]+)>\s*$", uid)
+    return (match.group(1) if match else uid.strip()).lower()
+
+
 class Keyring:
     """A GnuPG home. Cheap to use, costly to create (gpg --version): see ``keyring_for``."""
 
@@ -172,7 +178,7 @@ class Keyring:
             raise CryptoError(f"no key {fingerprint} in {self.home}")
         return str(armored)
 
-    def keys(self, secret: bool = False) -> list[KeyInfo]:
+    def list_keys(self, secret: bool = False) -> list[KeyInfo]:
         secret_fprs = {k["fingerprint"] for k in self.gpg.list_keys(True)}
         listed = self.gpg.list_keys(True) if secret else self.gpg.list_keys()
         now = dt.datetime.now(dt.UTC)
@@ -188,9 +194,16 @@ class Keyring:
                 subkey_ids=(k["keyid"], *(s[0] for s in k.get("subkeys", [])))))
         return out
 
+    def key_for_address(self, address: str) -> str | None:
+        """The one usable key with a user ID for exactly this address (None: none or several)."""
+        address = address.lower()
+        found = [k.fingerprint for k in self.list_keys() if not (k.revoked or k.expired)
+                 and any(uid_address(uid) == address for uid in k.uids)]
+        return found[0] if len(found) == 1 else None
+
     def key(self, fingerprint: str) -> KeyInfo | None:
         fingerprint = fingerprint.upper()
-        return next((k for k in self.keys() if k.fingerprint == fingerprint), None)
+        return next((k for k in self.list_keys() if k.fingerprint == fingerprint), None)
 
     # -- messages --------------------------------------------------------------------------
 

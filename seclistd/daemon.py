@@ -56,7 +56,7 @@ def drain_relay(settings: Settings, factory: sessionmaker[Session],
     transport = relay.make_transport(settings.relay)
     try:
         return relay.drain(factory, settings.relay, transport, clock, relay.lease_owner(),
-                           should_stop=should_stop)
+                           should_stop=should_stop, seal=relay.sealer(settings))
     finally:
         transport.close()
 
@@ -136,7 +136,8 @@ class Daemon:
                 self.wake.clear()
                 try:
                     relay.drain(self.factory, self.settings.relay, transport, self.clock, owner,
-                                should_stop=self.stop.is_set)
+                                should_stop=self.stop.is_set,
+                                seal=relay.sealer(self.settings))
                 except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
                     log.exception("relay pass failed")
                 self.wake.wait(RELAY_POLL)

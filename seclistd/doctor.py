@@ -88,9 +88,19 @@ def check_gnupg(settings: Settings) -> Result:
         return Result("gnupg", False, f"home {home} does not exist; create it (mode 0700) or "
                       "set gnupg.home")
     if not settings.gnupg.key:
-        return Result("gnupg", True, f"home {home} exists; no project key configured "
-                      "(gnupg.key)")
-    return Result("gnupg", True, f"home {home} exists; project key {settings.gnupg.key}")
+        return Result("gnupg", False, f"home {home} exists but no project key is set: "
+                      "`seclistd keys generate`, then gnupg.key = FINGERPRINT")
+    from seclistd.crypto import keyring_for
+
+    info = next((k for k in keyring_for(settings.gnupg).list_keys(secret=True)
+                 if k.fingerprint == settings.gnupg.key), None)
+    if info is None:
+        return Result("gnupg", False, f"no secret key {settings.gnupg.key} in {home}; "
+                      "`seclistd keys import` it or correct gnupg.key")
+    if info.revoked or info.expired:
+        return Result("gnupg", False, f"project key {info.fingerprint} is "
+                      f"{'revoked' if info.revoked else 'expired'}; generate a new one")
+    return Result("gnupg", True, f"project key {info.fingerprint} in {home}")
 
 
 CHECKS: tuple[Callable[[Settings], Result], ...] = (

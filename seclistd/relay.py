@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 import mailbox
 import os
+import secrets
 import smtplib
 import socket
 import ssl
@@ -28,9 +29,9 @@ from typing import Protocol
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from seclistd.config import RelaySettings
+from seclistd.config import RelaySettings, Settings
 from seclistd.db import transaction
-from seclistd.models import Outbox
+from seclistd.models import Case, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,47 @@ class TemporaryFailure(Exception):
 
 class PermanentFailure(Exception):
     pass
+
+
+class Hold(Exception):
+    """The mail may not go out as it is (no key to encrypt to); the text says why."""
+
+
+# (raw, fingerprint to encrypt to, must it be encrypted) -> (bytes to send, encrypted?)
+Sealer = Callable[[bytes, "str | None", bool], tuple[bytes, bool]]
+
+
+def plain_only(raw: bytes, encrypt_to: str | None, must_encrypt: bool) -> tuple[bytes, bool]:
+    """The sealer when no GnuPG home is set up: anything that must be encrypted is held."""
+    if encrypt_to or must_encrypt:
+        raise Hold("this mail must go out encrypted and no GnuPG keyring is available")
+    return raw, False
+
+
+def sealer(settings: Settings) -> Sealer:
+    """Encrypt (and sign with the project key) each mail for its one recipient, or hold it."""
+    from seclistd.crypto import CryptoError
+    from seclistd.mail.pgpmime import encrypt_message
+    from seclistd.pipeline import keyring
+
+    def seal(raw: bytes, encrypt_to: str | None, must_encrypt: bool) -> tuple[bytes, bool]:
+        if not encrypt_to:
+            if must_encrypt:
+                raise Hold("the recipient writes encrypted but no key of theirs is known: "
+                           "`seclistd keys import FILE`, then `seclistd outbox retry ID`")
+            return raw, False
+        ring = keyring(settings)
+        if ring is None:
+            raise Hold("gpg is not installed, so this mail cannot be encrypted")
+        try:
+            sealed = encrypt_message(
+                raw, lambda inner: ring.encrypt(inner, encrypt_to, sign=settings.gnupg.key or None),
+                boundary=f"seclistd-{secrets.token_hex(12)}")
+        except CryptoError as exc:
+            raise Hold(f"cannot encrypt to {encrypt_to}: {exc}") from exc
+        return sealed, True
+
+    return seal
 
 
 class Transport(Protocol):
@@ -193,22 +235,29 @@ def _finish(factory: sessionmaker[Session], row_id: int, owner: str, **values: o
 
 def drain(factory: sessionmaker[Session], settings: RelaySettings, transport: Transport,
           clock: Callable[[], dt.datetime], owner: str, *, batch: int = 50,
-          should_stop: Callable[[], bool] = lambda: False) -> int:
+          should_stop: Callable[[], bool] = lambda: False, seal: Sealer = plain_only) -> int:
     """Send every due row; returns how many were sent."""
     sent = 0
     while not should_stop():
         now = clock()
         with transaction(factory) as session:
-            rows = [(r.id, r.envelope_from, r.to_addr, r.raw, r.attempts, r.created_at)
+            rows = [(r.id, r.envelope_from, r.to_addr, r.raw, r.attempts, r.created_at,
+                     r.encrypt_to, r.must_encrypt)
                     for r in claim(session, now, owner, batch, settings.lease_seconds)]
         if not rows:
             break
-        for row_id, env_from, to, raw, attempts, created in rows:
+        for row_id, env_from, to, raw, attempts, created, encrypt_to, must in rows:
             if should_stop():
                 _finish(factory, row_id, owner)  # give the lease back
                 continue
             try:
-                transport.send(env_from, to, raw)
+                data, encrypted = seal(raw, encrypt_to, must)
+            except Hold as exc:
+                log.error("outbox %s to %s held: %s", row_id, to, exc)
+                _finish(factory, row_id, owner, status="held", last_error=str(exc)[:2000])
+                continue
+            try:
+                transport.send(env_from, to, data)
             except PermanentFailure as exc:
                 log.error("outbox %s to %s failed permanently: %s", row_id, to, exc)
                 _finish(factory, row_id, owner, status="failed", attempts=attempts + 1,
@@ -228,7 +277,7 @@ def drain(factory: sessionmaker[Session], settings: RelaySettings, transport: Tr
                             next_attempt_at=now + dt.timedelta(seconds=delay))
             else:
                 _finish(factory, row_id, owner, status="sent", attempts=attempts + 1,
-                        sent_at=clock(), last_error=None)
+                        sent_at=clock(), last_error=None, encrypted=encrypted)
                 sent += 1
                 log.info("outbox %s sent to %s", row_id, to)
     return sent
@@ -238,11 +287,25 @@ class NotRetryable(Exception):
     pass
 
 
-def retry(session: Session, now: dt.datetime, row_id: int) -> Outbox:
-    """Make a failed, held or deferred row due now."""
+def retry(session: Session, now: dt.datetime, row_id: int,
+          find_key: Callable[[str], str | None] = lambda _to: None) -> Outbox:
+    """Make a failed, held or deferred row due now.
+
+    A row held for want of a key looks again: the case's pinned key, else the one key in
+    the keyring with a user ID for the recipient (the operator just imported it), which is
+    then pinned to the case.
+    """
     row = session.get(Outbox, row_id)
     if row is None:
         raise LookupError(row_id)
+    if row.must_encrypt and not row.encrypt_to:
+        case = session.get(Case, row.case_id) if row.case_id else None
+        key = (case.reporter_key if case else None) or find_key(row.to_addr)
+        if key:
+            row.encrypt_to = key
+            if case is not None and not case.reporter_key and row.to_addr in (
+                    case.reporter, (case.reply_to or "").lower()):
+                case.reporter_key = key
     if row.status == "sent":
         raise NotRetryable(f"outbox {row_id} was already sent at {row.sent_at.isoformat()}"
                            if row.sent_at else f"outbox {row_id} was already sent")

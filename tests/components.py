@@ -234,12 +234,16 @@ class Sink:
 def write_config(tmp: Path, *, db_url: str | None = None, imap: Dovecot | None = None,
                  relay_port: int | None = None, listener_port: int | None = None,
                  listener_protocol: str = "smtp", team: list[str] | None = None,
-                 extra: str = "") -> Path:
+                 extra: str = "", gnupg_home: Path | None = None, gnupg_key: str = "",
+                 fingerprints: dict[str, str] | None = None) -> Path:
     """A config file for the tests; IMAP, relay and listener as given."""
     team = ["alice@example.org"] if team is None else team
     imap_port = imap.port if imap else None
     imap_user = imap.user if imap else IMAP_USER
-    members = ", ".join(f'{{ email = "{m}", name = "Member {i}" }}' for i, m in enumerate(team))
+    fingerprints = fingerprints or {}
+    members = ", ".join(
+        f'{{ email = "{m}", name = "Member {i}", fingerprint = "{fingerprints.get(m, "")}" }}'
+        for i, m in enumerate(team))
     text = f"""
 [project]
 name = "Example"
@@ -273,7 +277,8 @@ maildir = "{tmp}/outgoing"
 timeout = 10
 
 [gnupg]
-home = "{tmp}/gnupg"
+home = "{gnupg_home or f'{tmp}/gnupg'}"
+key = "{gnupg_key}"
 
 [calendar]
 country = "US"

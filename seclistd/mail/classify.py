@@ -103,7 +103,9 @@ def rule_auto_reply(ctx: Context) -> Route | None:
 
 def rule_command(ctx: Context) -> Route | None:
     """Keyword lines from a team address: a command, to be checked by its signature."""
-    if ctx.mail.from_addr in ctx.team and looks_like_command(ctx.mail.text):
+    mail = ctx.mail
+    if mail.from_addr in ctx.team and (looks_like_command(mail.text)
+                                       or looks_like_command(ctx.raw.decode("latin-1"))):
         return Route("command", "command", case_id=threaded_case(ctx))
     return None
 

@@ -43,8 +43,20 @@ SIGNATURE_MAX_AGE = dt.timedelta(days=30)
 SIGNATURE_MAX_SKEW = dt.timedelta(hours=1)
 
 
+_CASE_LINE = re.compile(r"^X-CASE[ \t]*:[ \t]*(\S+)", re.M)
+
+
 def looks_like_command(text: str) -> bool:
     return bool(_ANY_KEYWORD.search(text or ""))
+
+
+def named_case(*texts: str) -> str | None:
+    """The first X-CASE anywhere in these texts: where to record a refusal, nothing more."""
+    for text in texts:
+        match = _CASE_LINE.search(text or "")
+        if match:
+            return match.group(1)
+    return None
 
 
 def parse_keywords(text: str) -> tuple[list[tuple[str, str]], str]:
@@ -214,8 +226,7 @@ def _apply(session: Session, now: dt.datetime, settings: Settings, case: Case, m
 
 def _refuse(session: Session, now: dt.datetime, settings: Settings, message: Message,
             mail: ParsedMail, reason: str, fallback_case: str | None) -> str | None:
-    keywords, _ = parse_keywords(mail.text or "")
-    named = next((arg.strip() for name, arg in keywords if name == "X-CASE"), None)
+    named = named_case(mail.text or "", message.raw.decode("latin-1"))
     case = (session.get(Case, named) if named else None) or (
         session.get(Case, fallback_case) if fallback_case else None)
     sender = mail.from_addr or ""

@@ -137,12 +137,13 @@ def pick_key(settings: Settings, offered: list[str], address: str | None) -> str
     """The offered key to pin: one with a user ID for the address, else the first one."""
     if not offered:
         return None
+    from seclistd.crypto import uid_address
     from seclistd.pipeline import keyring
 
     ring = keyring(settings)
     for fingerprint in offered:
         info = ring.key(fingerprint) if ring else None
-        if info and address and any(address in uid.lower() for uid in info.uids):
+        if info and address and any(uid_address(uid) == address for uid in info.uids):
             return fingerprint
     return offered[0]
 
