@@ -321,10 +321,10 @@ def cmd_outbox_retry(args: argparse.Namespace) -> int:
 
     settings = load_settings(args)
     factory = db.session_factory(open_db(settings))
-    from seclistd.pipeline import keyring
+    from seclistd.crypto import keyring
 
     def find_key(address: str) -> str | None:
-        ring = keyring(settings)
+        ring = keyring(settings.gnupg)
         return ring.key_for_address(address) if ring else None
 
     try:
@@ -386,9 +386,9 @@ def cmd_quarantine_release(args: argparse.Namespace) -> int:
 
 
 def _keyring(settings: config_mod.Settings) -> Any:
-    from seclistd.pipeline import keyring
+    from seclistd.crypto import keyring
 
-    ring = keyring(settings)
+    ring = keyring(settings.gnupg)
     if ring is None:
         raise CliError("gpg is not installed: apt-get install gnupg")
     return ring

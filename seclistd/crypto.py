@@ -21,6 +21,7 @@ import datetime as dt
 import fcntl
 import os
 import re
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -261,3 +262,11 @@ class Keyring:
 def keyring_for(settings: GnupgSettings) -> Keyring:
     """One Keyring per configuration (building one runs gpg to learn its version)."""
     return Keyring(settings)
+
+
+def keyring(settings: GnupgSettings) -> Keyring | None:
+    """The configured keyring, or None when gpg is not installed (nothing can be decrypted,
+    and mail that must be encrypted is held)."""
+    if shutil.which("gpg") is None:
+        return None
+    return keyring_for(settings)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import shutil
 
 from sqlalchemy.orm import Session
 
 from seclistd.config import Settings
-from seclistd.crypto import Keyring, keyring_for
+from seclistd.crypto import keyring
 from seclistd.mail import compose, secure
 from seclistd.mail.classify import Context, classify
 from seclistd.mail.parse import ParsedMail, Unprocessable, check_limits, parse
@@ -30,13 +29,6 @@ def quarantine(message: Message, reason: str, label: str | None = None) -> None:
     message.route = label or "quarantine"
 
 
-def keyring(settings: Settings) -> Keyring | None:
-    """The GnuPG home, or None when gpg is not installed (then nothing can be decrypted)."""
-    if shutil.which("gpg") is None:
-        return None
-    return keyring_for(settings.gnupg)
-
-
 def process(session: Session, now: dt.datetime, settings: Settings, message: Message, *,
             enforce_limits: bool = True) -> None:
     raw = message.raw
@@ -44,7 +36,7 @@ def process(session: Session, now: dt.datetime, settings: Settings, message: Mes
         if enforce_limits:
             check_limits(raw, settings.limits)
         mail = parse(raw)
-        unwrapped = secure.unwrap(raw, lambda: keyring(settings), settings.limits)
+        unwrapped = secure.unwrap(raw, lambda: keyring(settings.gnupg), settings.limits)
         if unwrapped.too_big:
             quarantine(message, unwrapped.problem or "decrypted content too large")
             return
@@ -70,7 +62,7 @@ def process(session: Session, now: dt.datetime, settings: Settings, message: Mes
         return
     message.status = "processed"
     if route.kind == "command":
-        case_id = commands.handle(session, now, settings, keyring(settings), message, mail,
+        case_id = commands.handle(session, now, settings, keyring(settings.gnupg), message, mail,
                                   unwrapped, route.case_id)
         if case_id is None:
             quarantine(message, "command refused and no case to record it on", route.label)
@@ -101,7 +93,7 @@ def import_offered(settings: Settings, raw: bytes, unwrapped: secure.Unwrapped) 
     sources = raw + (unwrapped.decrypted or b"")
     if not any(marker in sources for marker in (b"PGP PUBLIC KEY", b"pgp-keys", b"utocrypt")):
         return []
-    ring = keyring(settings)
+    ring = keyring(settings.gnupg)
     if ring is None:
         return []
     fingerprints: list[str] = []

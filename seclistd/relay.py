@@ -64,9 +64,8 @@ def plain_only(raw: bytes, encrypt_to: str | None, must_encrypt: bool) -> tuple[
 
 def sealer(settings: Settings) -> Sealer:
     """Encrypt (and sign with the project key) each mail for its one recipient, or hold it."""
-    from seclistd.crypto import CryptoError
+    from seclistd.crypto import CryptoError, keyring
     from seclistd.mail.pgpmime import encrypt_message
-    from seclistd.pipeline import keyring
 
     def seal(raw: bytes, encrypt_to: str | None, must_encrypt: bool) -> tuple[bytes, bool]:
         if not encrypt_to:
@@ -74,7 +73,7 @@ def sealer(settings: Settings) -> Sealer:
                 raise Hold("the recipient writes encrypted but no key of theirs is known: "
                            "`seclistd keys import FILE`, then `seclistd outbox retry ID`")
             return raw, False
-        ring = keyring(settings)
+        ring = keyring(settings.gnupg)
         if ring is None:
             raise Hold("gpg is not installed, so this mail cannot be encrypted")
         try:

@@ -137,10 +137,9 @@ def pick_key(settings: Settings, offered: list[str], address: str | None) -> str
     """The offered key to pin: one with a user ID for the address, else the first one."""
     if not offered:
         return None
-    from seclistd.crypto import uid_address
-    from seclistd.pipeline import keyring
+    from seclistd.crypto import keyring, uid_address
 
-    ring = keyring(settings)
+    ring = keyring(settings.gnupg)
     for fingerprint in offered:
         info = ring.key(fingerprint) if ring else None
         if info and address and any(uid_address(uid) == address for uid in info.uids):
