@@ -118,6 +118,8 @@ def test_encrypted_report_with_attached_key_gets_an_answer_only_the_reporter_can
     assert ok and b"automatic confirmation" in plain
     assert b"Subject: [SEC-2026-0001] Vulnerability report" in plain
     assert not world.mallory.decrypt(armored_reply)[0]
+    signed = world.reporter.gpg.decrypt(armored_reply)  # signed by the project key
+    assert signed.valid and signed.pubkey_fingerprint == world.project_fpr
     recipients = world.mallory.gpg.get_recipients(armored_reply)
     reporter_subkeys = [k for k in world.reporter.gpg.list_keys()[0]["subkeys"]]
     assert recipients == [reporter_subkeys[0][0]]
@@ -127,6 +129,20 @@ def test_encrypted_report_with_attached_key_gets_an_answer_only_the_reporter_can
     # The team notice goes to Alice encrypted to her key on record.
     [notice] = world.sink.to(ALICE)
     assert world.alice.decrypt(notice.message.get_payload()[1].get_payload(decode=True))[0]
+
+
+def test_autocrypt_key_is_pinned_and_used(world: World):
+    import base64
+
+    keydata = base64.b64encode(world.reporter.run("--export", world.reporter_fpr)).decode()
+    folded = "\r\n ".join(keydata[i:i + 72] for i in range(0, len(keydata), 72))
+    raw = report(1, sender=REPORTER, body=REPORT_TEXT,
+                 headers=f"Autocrypt: addr={REPORTER}; keydata=\r\n {folded}\r\n")
+    outcome = world.ingest(raw)
+    assert world.case(outcome.case_id).reporter_key == world.reporter_fpr
+    world.deliver()
+    [receipt] = world.sink.to(REPORTER)
+    assert receipt.message.get_content_type() == "multipart/encrypted"
 
 
 def test_inline_encrypted_report(world: World):
