@@ -190,7 +190,7 @@ def test_illegal_actions_name_the_state_and_what_is_allowed(env: Env):
         act(env, T0, "SEC-2026-0001", "duplicate", other="SEC-2026-0001")
     with pytest.raises(lifecycle.UnknownCase):
         act(env, T0, "SEC-2026-0099", "comment", text="x")
-    with pytest.raises(lifecycle.ActionError, match="give the text"):
+    with pytest.raises(lifecycle.ActionError, match="so it needs a text"):
         act(env, T0, "SEC-2026-0001", "reply")
     assert case(env).state == "acknowledged"  # the refused actions changed nothing
 

@@ -84,8 +84,8 @@ def act(session: Session, now: dt.datetime, settings: Settings, case_id: str, re
             + (f" ({case.resolution})" if case.resolution else "")
             + "; allowed now: " + (", ".join(states.allowed(case.state)) or "nothing"))
     if req.action in ("ack", "reply", "reject") and not req.text.strip():
-        raise ActionError(f"{req.action} mails the reporter: give the text with --message or "
-                          "on standard input")
+        raise ActionError(f"{req.action} mails the reporter, so it needs a text (--message or "
+                          "standard input; in a mail, the text after the keyword lines)")
     detail = _apply(session, now, settings, case, req, actor)
     if rule.resolution:
         case.resolution = rule.resolution
