@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from seclistd.mail.parse import ParsedMail
 
-BULK_PRECEDENCE = ("bulk", "list", "junk", "auto_reply")
 DAEMON_LOCALPARTS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "do-not-reply",
                      "donotreply")
 

@@ -20,8 +20,6 @@ ATTACK_SURFACE = "the attack surface (who can reach it, and how)"
 THIRD_PARTY = "any third-party software involved (or that there is none)"
 CREDIT = "how you would like to be credited (name, GitHub ID, or anonymous)"
 
-ITEMS = (DESCRIPTION, VERSIONS, REPRODUCTION, ATTACK_SURFACE, THIRD_PARTY, CREDIT)
-
 
 def _any(*patterns: str) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{p})" for p in patterns), re.I | re.M)

@@ -23,7 +23,6 @@ DISCLOSED = "disclosed"
 CLOSED = "closed"
 STATES = (NEW, ACKNOWLEDGED, CONFIRMED, EMBARGOED, DISCLOSED, CLOSED)
 OPEN_STATES = (NEW, ACKNOWLEDGED, CONFIRMED, EMBARGOED)
-RESOLUTIONS = ("fixed", "rejected", "duplicate", "withdrawn")
 
 ACTIONS = ("ack", "assign", "confirm", "reject", "duplicate", "reply", "comment", "embargo",
            "disclose", "close")
