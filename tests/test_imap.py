@@ -149,3 +149,9 @@ def test_polling_when_idle_is_off(tmp_path: Path, dovecot: Dovecot, sink: Sink):
         thread.join(timeout=15)
     assert not thread.is_alive()
     assert dovecot.count("seclistd-processed") == 2
+
+
+def test_fetches_are_grouped_by_size():
+    sizes = {1: 10, 2: 10, 3: 50, 4: 5, 5: 100}
+    assert imap.by_budget([1, 2, 3, 4, 5], sizes, 60) == [[1, 2], [3, 4], [5]]
+    assert imap.by_budget([1, 2], {}, 60) == [[1, 2]]

@@ -36,6 +36,7 @@ from seclistd.models import DaemonState, Message
 log = logging.getLogger(__name__)
 
 CHUNK = 25
+FETCH_BUDGET = 32 * 1024 * 1024  # bytes of message bodies asked for in one FETCH
 MAX_IDLE = 25 * 60
 ADVISORY_LOCK_KEY = 0x5EC1157D
 
@@ -96,7 +97,12 @@ def run_pass(client: IMAPClient, settings: Settings, factory: sessionmaker[Sessi
         for uid, status in known.items():
             done[s.quarantine_folder if status == "quarantined" else s.processed_folder].append(uid)
         wanted = [u for u in chunk if u not in known]
-        fetched: dict[int, Any] = client.fetch(wanted, ["BODY.PEEK[]"]) if wanted else {}
+        fetched: dict[int, Any] = {}
+        if wanted:
+            sizes = {uid: int(item.get(b"RFC822.SIZE", 0))
+                     for uid, item in client.fetch(wanted, ["RFC822.SIZE"]).items()}
+            for group in by_budget(wanted, sizes, FETCH_BUDGET):
+                fetched.update(client.fetch(group, ["BODY.PEEK[]"]))
         for uid in wanted:
             if stop is not None and stop.is_set():
                 break
@@ -120,6 +126,21 @@ def run_pass(client: IMAPClient, settings: Settings, factory: sessionmaker[Sessi
         set_state(session, "last_imap_pass", now.isoformat(), now)
         set_state(session, "imap_uidvalidity", str(uidvalidity), now)
     return stored_new
+
+
+def by_budget(uids: list[int], sizes: dict[int, int], budget: int) -> list[list[int]]:
+    """UIDs in order, grouped so that no FETCH asks for more than ``budget`` bytes (a larger
+    message gets a FETCH of its own): a chunk of big proofs of concept is not held at once."""
+    groups: list[list[int]] = []
+    total = 0
+    for uid in uids:
+        size = sizes.get(uid, 0)
+        if not groups or total + size > budget:
+            groups.append([])
+            total = 0
+        groups[-1].append(uid)
+        total += size
+    return groups
 
 
 def known_uids(session: Session, folder: str, uidvalidity: int, uids: list[int]
