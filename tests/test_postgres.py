@@ -77,3 +77,35 @@ def test_run_once_on_postgres(tmp_path: Path, pg_url: str, sink: Sink):
     daemon.run_once(settings, engine)
     assert len(sink.to("reporter1@example.net")) == 1
     engine.dispose()
+
+
+def test_concurrent_sla_sweeps_send_each_reminder_once(tmp_path: Path, pg_url: str,
+                                                       sink: Sink):
+    from seclistd.workflows import reminders
+
+    settings = pg_settings(tmp_path, pg_url, sink)
+    engine = db.make_engine(settings.database.url)
+    factory = db.session_factory(engine)
+    for i in range(60):
+        accept(factory, settings, report(i), source="ingest", now=NOW)
+    late = NOW + dt.timedelta(days=10)  # every case is past its deadline
+    handled: list[int] = []
+
+    def sweeper() -> None:
+        own = db.session_factory(db.make_engine(settings.database.url))  # another "daemon"
+        with db.transaction(own) as session:
+            handled.append(reminders.sweep(session, late, settings))
+
+    threads = [threading.Thread(target=sweeper) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sum(handled) == 60
+    with factory() as session:
+        fallbacks = session.scalar(select(func.count(Outbox.id)).where(
+            Outbox.kind == "fallback_ack"))
+        assert fallbacks == 60
+        assert session.scalar(select(func.count(Case.id)).where(
+            Case.state == "acknowledged")) == 60
+    engine.dispose()
