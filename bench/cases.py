@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import insert  # noqa: E402
 
+from bench.timing import timed  # noqa: E402
 from seclistd import config, db  # noqa: E402
 from seclistd.models import Case  # noqa: E402
 from seclistd.workflows import reminders  # noqa: E402
@@ -80,12 +80,6 @@ def fill(factory, n: int, new_share: float, due: int, now: dt.datetime) -> tuple
         for start in range(0, n, 5000):
             session.execute(insert(Case), rows[start:start + 5000])
     return new_count, len(due_rows)
-
-
-def timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def main() -> int:

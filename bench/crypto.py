@@ -16,23 +16,17 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.timing import timed  # noqa: E402
 from seclistd.config import GnupgSettings  # noqa: E402
 from seclistd.crypto import Keyring  # noqa: E402
 from tests.pgp import entity, new_home  # noqa: E402
 
 MAX_DECRYPTED = 32 * 1024 * 1024
-
-
-def timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def main() -> int:

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import gnupg
 
@@ -123,6 +124,15 @@ def parse_status(stderr: str) -> Verification:
         key_problems=tuple(problems))
 
 
+def _info(k: dict[str, Any], secret: bool) -> KeyInfo:
+    expires = dt.datetime.fromtimestamp(int(k["expires"]), dt.UTC) if k.get("expires") else None
+    return KeyInfo(fingerprint=k["fingerprint"], uids=tuple(k.get("uids", [])), secret=secret,
+                   expires=expires, revoked=k.get("trust") == "r",
+                   expired=k.get("trust") == "e"
+                   or bool(expires and expires < dt.datetime.now(dt.UTC)),
+                   subkey_ids=(k["keyid"], *(sub[0] for sub in k.get("subkeys", []))))
+
+
 def uid_address(uid: str) -> str:
     """The address in a user ID such as 'Alice <alice@example.org>'."""
     match = re.search(r"<([^<>\s]+@[^<>\s]+)>\s*$", uid)
@@ -180,20 +190,11 @@ class Keyring:
         return str(armored)
 
     def list_keys(self, secret: bool = False) -> list[KeyInfo]:
+        """Secret keys, or all public keys marked with whether their secret part is here."""
+        if secret:
+            return [_info(k, True) for k in self.gpg.list_keys(True)]
         secret_fprs = {k["fingerprint"] for k in self.gpg.list_keys(True)}
-        listed = self.gpg.list_keys(True) if secret else self.gpg.list_keys()
-        now = dt.datetime.now(dt.UTC)
-        out = []
-        for k in listed:
-            expires = (dt.datetime.fromtimestamp(int(k["expires"]), dt.UTC)
-                       if k.get("expires") else None)
-            out.append(KeyInfo(
-                fingerprint=k["fingerprint"], uids=tuple(k.get("uids", [])),
-                secret=k["fingerprint"] in secret_fprs, expires=expires,
-                revoked=k.get("trust") == "r", expired=k.get("trust") == "e"
-                or bool(expires and expires < now),
-                subkey_ids=(k["keyid"], *(s[0] for s in k.get("subkeys", [])))))
-        return out
+        return [_info(k, k["fingerprint"] in secret_fprs) for k in self.gpg.list_keys()]
 
     def key_for_address(self, address: str) -> str | None:
         """The one usable key with a user ID for exactly this address (None: none or several)."""
@@ -203,8 +204,10 @@ class Keyring:
         return found[0] if len(found) == 1 else None
 
     def key(self, fingerprint: str) -> KeyInfo | None:
+        """The public key with this fingerprint (one gpg call; ``secret`` is not looked up)."""
         fingerprint = fingerprint.upper()
-        return next((k for k in self.list_keys() if k.fingerprint == fingerprint), None)
+        listed = self.gpg.list_keys(keys=[fingerprint])
+        return next((_info(k, False) for k in listed if k["fingerprint"] == fingerprint), None)
 
     # -- messages --------------------------------------------------------------------------
 

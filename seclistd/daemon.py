@@ -131,13 +131,13 @@ class Daemon:
     def _relay_loop(self) -> None:
         transport = relay.make_transport(self.settings.relay)
         owner = relay.lease_owner()
+        seal = relay.sealer(self.settings)
         try:
             while not self.stop.is_set():
                 self.wake.clear()
                 try:
                     relay.drain(self.factory, self.settings.relay, transport, self.clock, owner,
-                                should_stop=self.stop.is_set,
-                                seal=relay.sealer(self.settings))
+                                should_stop=self.stop.is_set, seal=seal)
                 except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
                     log.exception("relay pass failed")
                 self.wake.wait(RELAY_POLL)

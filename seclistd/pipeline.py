@@ -36,7 +36,8 @@ def process(session: Session, now: dt.datetime, settings: Settings, message: Mes
         if enforce_limits:
             check_limits(raw, settings.limits)
         mail = parse(raw)
-        unwrapped = secure.unwrap(raw, lambda: keyring(settings.gnupg), settings.limits)
+        unwrapped = secure.unwrap(raw, mail.content_type, lambda: keyring(settings.gnupg),
+                                  settings.limits)
         if unwrapped.too_big:
             quarantine(message, unwrapped.problem or "decrypted content too large")
             return

@@ -5,30 +5,32 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
-from seclistd import config, daemon, db, relay
+from seclistd import daemon, db, relay
 from seclistd.intake import imap
 from seclistd.intake.store import accept
 from seclistd.models import Case, Outbox
-from tests.components import Sink, report, write_config
+from tests.components import Sink, report
+from tests.conftest import Env, make_env
 
 NOW = dt.datetime(2026, 11, 19, 15, 0, tzinfo=dt.UTC)
 
 
-def pg_settings(tmp_path: Path, pg_url: str, sink: Sink) -> config.Settings:
-    settings = config.load(str(write_config(tmp_path, db_url=pg_url, relay_port=sink.port)))
-    db.migrate(settings.database.url)
-    return settings
+@pytest.fixture
+def pg_env(tmp_path: Path, pg_url: str, sink: Sink) -> Iterator[Env]:
+    """A migrated PostgreSQL database with the relay pointed at the sink."""
+    env = make_env(tmp_path, db_url=pg_url, relay_port=sink.port)
+    yield env
+    env.factory.kw["bind"].dispose()
 
 
-def test_pipeline_and_concurrent_relays_send_each_mail_once(tmp_path: Path, pg_url: str,
-                                                            sink: Sink):
-    settings = pg_settings(tmp_path, pg_url, sink)
-    engine = db.make_engine(settings.database.url)
-    factory = db.session_factory(engine)
+def test_pipeline_and_concurrent_relays_send_each_mail_once(pg_env: Env, sink: Sink):
+    settings, factory = pg_env.settings, pg_env.factory
     for i in range(100):
         outcome = accept(factory, settings, report(i), source="ingest", now=NOW)
         assert outcome.case_id == f"SEC-2026-{i + 1:04d}"
@@ -57,11 +59,10 @@ def test_pipeline_and_concurrent_relays_send_each_mail_once(tmp_path: Path, pg_u
         assert session.scalar(select(func.count(Case.id))) == 100
         assert session.scalar(select(func.count(Outbox.id)).where(
             Outbox.status == "sent")) == 200
-    engine.dispose()
 
 
-def test_one_imap_intake_at_a_time(tmp_path: Path, pg_url: str, sink: Sink):
-    settings = pg_settings(tmp_path, pg_url, sink)
+def test_one_imap_intake_at_a_time(pg_env: Env):
+    settings = pg_env.settings
     first, second = (imap.IntakeLock(db.make_engine(settings.database.url)) for _ in range(2))
     assert first.acquire()
     assert not second.acquire()
@@ -70,22 +71,16 @@ def test_one_imap_intake_at_a_time(tmp_path: Path, pg_url: str, sink: Sink):
     second.release()
 
 
-def test_run_once_on_postgres(tmp_path: Path, pg_url: str, sink: Sink):
-    settings = pg_settings(tmp_path, pg_url, sink)
-    engine = db.make_engine(settings.database.url)
-    accept(db.session_factory(engine), settings, report(1), source="ingest", now=NOW)
-    daemon.run_once(settings, engine)
+def test_run_once_on_postgres(pg_env: Env, sink: Sink):
+    accept(pg_env.factory, pg_env.settings, report(1), source="ingest", now=NOW)
+    daemon.run_once(pg_env.settings, pg_env.factory.kw["bind"])
     assert len(sink.to("reporter1@example.net")) == 1
-    engine.dispose()
 
 
-def test_concurrent_sla_sweeps_send_each_reminder_once(tmp_path: Path, pg_url: str,
-                                                       sink: Sink):
+def test_concurrent_sla_sweeps_send_each_reminder_once(pg_env: Env):
     from seclistd.workflows import reminders
 
-    settings = pg_settings(tmp_path, pg_url, sink)
-    engine = db.make_engine(settings.database.url)
-    factory = db.session_factory(engine)
+    settings, factory = pg_env.settings, pg_env.factory
     for i in range(60):
         accept(factory, settings, report(i), source="ingest", now=NOW)
     late = NOW + dt.timedelta(days=10)  # every case is past its deadline
@@ -108,4 +103,3 @@ def test_concurrent_sla_sweeps_send_each_reminder_once(tmp_path: Path, pg_url: s
         assert fallbacks == 60
         assert session.scalar(select(func.count(Case.id)).where(
             Case.state == "acknowledged")) == 60
-    engine.dispose()

@@ -22,6 +22,8 @@ from seclistd.mail import pgpmime
 from seclistd.mail.parse import header_end
 
 log = logging.getLogger(__name__)
+PGP_MIME_TYPES = ("multipart/encrypted", "multipart/signed")
+INLINE_MARKER = b"-----BEGIN PGP MESSAGE-----"
 T = TypeVar("T")
 _AUTOCRYPT_KEYDATA = re.compile(r"keydata=([A-Za-z0-9+/=\s]+)", re.I)
 
@@ -37,13 +39,16 @@ class Unwrapped:
     signed: pgpmime.SignedParts | None = None  # top-level multipart/signed, outer or inner
 
 
-def unwrap(raw: bytes, keyring_of: Callable[[], Keyring | None],
+def unwrap(raw: bytes, content_type: str, keyring_of: Callable[[], Keyring | None],
            limits: LimitSettings) -> Unwrapped:
     """Decrypt if encrypted (the keyring is only built when needed); find what is signed.
 
     A structure that cannot be analysed counts as neither encrypted nor signed: that fails
-    closed (a command in it is refused) and the raw message is kept either way.
+    closed (a command in it is refused) and the raw message is kept either way. Plain mail
+    (most of it) is let through on its already parsed type and one substring test.
     """
+    if content_type not in PGP_MIME_TYPES and INLINE_MARKER not in raw:
+        return Unwrapped()
     found = _safely(pgpmime.encrypted_payload, raw)
     if found is None:
         return Unwrapped(signed=_safely(pgpmime.signed_parts, raw))

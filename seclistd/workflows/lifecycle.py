@@ -172,15 +172,19 @@ def credit_line(case: Case) -> str:
     return name
 
 
+def local_time(settings: Settings, when: dt.datetime) -> str:
+    """A time as people read it in mail: in the project's time zone, with its name."""
+    return when.astimezone(settings.project.tz).strftime("%A %d %B %Y, %H:%M %Z")
+
+
 def case_view(case: Case, settings: Settings) -> dict[str, object]:
     """What templates may show of a case (times in the project's time zone)."""
-    tz = settings.project.tz
     return {
         "id": case.id, "state": case.state, "subject": case.subject, "reporter": case.reporter,
         "handler": case.handler or "(unassigned)",
-        "received_at": case.received_at.astimezone(tz).strftime("%A %d %B %Y, %H:%M %Z"),
-        "ack_due": case.ack_due.astimezone(tz).strftime("%A %d %B %Y, %H:%M %Z"),
-        "embargo_until": (case.embargo_until.astimezone(tz).strftime("%A %d %B %Y, %H:%M %Z")
+        "received_at": local_time(settings, case.received_at),
+        "ack_due": local_time(settings, case.ack_due),
+        "embargo_until": (local_time(settings, case.embargo_until)
                           if case.embargo_until else None),
         "missing": list(case.missing_information or []),
         "project": settings.project.name,

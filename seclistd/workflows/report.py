@@ -40,10 +40,6 @@ def next_id(session: Session, name: str, prefix: str, year: int) -> str:
     return f"{prefix}-{year}-{value:04d}"
 
 
-def local_time(settings: Settings, when: dt.datetime) -> str:
-    return when.astimezone(settings.project.tz).strftime("%A %d %B %Y, %H:%M %Z")
-
-
 def open_case(session: Session, now: dt.datetime, settings: Settings, message: Message,
               mail: ParsedMail, offered: list[str] = ()) -> Case:  # type: ignore[assignment]
     """Open a case in state ``new`` with its receipt and team notices."""
@@ -75,7 +71,7 @@ def open_case(session: Session, now: dt.datetime, settings: Settings, message: M
         assert to is not None
         body = render("receipt.txt.j2", settings.templates.dir, case_id=case.id,
                       project=settings.project.name, reporter_name=case.reporter_name,
-                      ack_due=local_time(settings, case.ack_due),
+                      ack_due=lifecycle.local_time(settings, case.ack_due),
                       missing=case.missing_information, subject=case.subject or "(none)",
                       security_address=settings.project.security_address)
         enqueue(session, now, settings, kind="receipt", to=to, to_name=case.reporter_name or "",
@@ -102,21 +98,17 @@ def open_case(session: Session, now: dt.datetime, settings: Settings, message: M
 def notify_team(session: Session, now: dt.datetime, settings: Settings, case: Case,
                 mail: ParsedMail, receipt_status: str) -> list[str]:
     """Send the new case to every team member; returns their addresses."""
-    members = settings.team.members
-    if not members:
+    if not settings.team.members:
         return []
     body = render("team_new_case.txt.j2", settings.templates.dir, case_id=case.id,
-                  security_address=settings.project.security_address,
-                  reporter=case.reporter, received_at=local_time(settings, case.received_at),
-                  ack_due=local_time(settings, case.ack_due), receipt_status=receipt_status,
-                  encrypted=case.encrypted, attachments=[a for a in mail.attachments if a],
+                  security_address=settings.project.security_address, reporter=case.reporter,
+                  received_at=lifecycle.local_time(settings, case.received_at),
+                  ack_due=lifecycle.local_time(settings, case.ack_due),
+                  receipt_status=receipt_status, encrypted=case.encrypted,
+                  attachments=[a for a in mail.attachments if a],
                   subject=case.subject or "(none)", text=mail.text)
-    subject = compose.tagged_subject(case.id, f"New report: {mail.subject}")
-    for member in members:
-        enqueue(session, now, settings, kind="team_new_case", to=member.email,
-                to_name=member.name, subject=subject, body=body, case=case,
-                in_reply_to=mail.message_id)
-    return [m.email for m in members]
+    return lifecycle.notify_team(session, now, settings, case, kind="team_new_case",
+                                 subject=f"New report: {mail.subject}", body=body)
 
 
 def no_receipt_reason(session: Session, now: dt.datetime, settings: Settings, mail: ParsedMail,
