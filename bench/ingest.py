@@ -85,7 +85,8 @@ def run_seclistd(dovecot: Dovecot, sink_port: int, workdir: Path, team: int, n: 
     workdir.mkdir(parents=True)
     config = write_config(workdir, imap=dovecot, relay_port=sink_port,
                           team=[f"member{i}@example.org" for i in range(team)],
-                          extra=f"[autoreply]\nmax_per_sender_per_day = {n}\n")
+                          extra=f"[autoreply]\nmax_per_sender_per_day = {n}\n"
+                                f"max_per_hour = {n}\nteam_digest_after = {n}\n")
     seclistd = [sys.executable, "-m", "seclistd", "--config", str(config)]
     subprocess.run([*seclistd, "migrate"], check=True, capture_output=True)
     started = time.perf_counter()

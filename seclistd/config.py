@@ -6,8 +6,10 @@ gives up and reports each as ``file: section.key: what is wrong, what is expecte
 Secrets may be given inline or as ``*_file`` (a path; a relative path is looked up in
 ``$CREDENTIALS_DIRECTORY`` first, so systemd credentials work as they are).
 
-Relative paths in the file (SQLite database, maildir, GnuPG home) are relative to the
-working directory of the process, as with Postfix and Dovecot; the systemd unit sets it.
+Relative paths in the file (the SQLite database of ``database.url``, ``gnupg.home``,
+``relay.maildir``, ``templates.dir`` and every ``*_file``) are relative to the file's own
+directory (DESIGN.md §4), so a command means the same files from whatever directory it is
+run; the settings hold them as absolute paths.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class ProjectSettings:
     security_address: str
     timezone: str = "UTC"
     case_prefix: str = "SEC"
+    # How a reporter who never said how to be credited is credited at disclosure:
+    # "name" (the name in their mail) or "anonymous".
+    default_credit: str = "name"
 
     @property
     def tz(self) -> ZoneInfo:
@@ -155,7 +160,18 @@ class TemplateSettings:
 
 @dataclass(frozen=True)
 class AutoreplySettings:
+    """Automatic answers to senders, and how team notices collapse during a flood.
+
+    ``max_per_sender_per_day`` counts one mailbox once however it is spelled
+    (``seclistd.mail.loops.canonical_mailbox``); ``max_per_hour`` caps all automatic answers
+    together. Past ``team_digest_after`` new reports (``quarantine_digest_after`` quarantined
+    messages) within an hour, the team gets an hourly digest instead of one notice each.
+    """
+
     max_per_sender_per_day: int = 5
+    max_per_hour: int = 100
+    team_digest_after: int = 20
+    quarantine_digest_after: int = 5
 
 
 @dataclass(frozen=True)
@@ -165,6 +181,7 @@ class LimitSettings:
     max_mime_parts: int = 100
     max_received: int = 50
     max_decrypted_bytes: int = 32 * 1024 * 1024
+    processing_seconds: float = 30
 
 
 @dataclass(frozen=True)
@@ -224,6 +241,11 @@ def _address(v: Any) -> str | None:
     if not isinstance(v, str) or not _ADDRESS.match(v):
         return f"{v!r} is not a mail address, expected local@domain"
     return None
+
+
+def address_problem(value: str) -> str | None:
+    """None when ``value`` is a plain mail address (as the config accepts), else why not."""
+    return _address(value)
 
 
 def _timezone(v: Any) -> str | None:
@@ -294,6 +316,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Check | None]]] = {
         "security_address": (REQUIRED, _address),
         "timezone": ("UTC", _timezone),
         "case_prefix": ("SEC", _prefix),
+        "default_credit": ("name", _one_of("name", "anonymous")),
     },
     "database": {"url": ("sqlite:////var/lib/seclistd/seclistd.db", _db_url)},
     "imap": {
@@ -352,13 +375,19 @@ SCHEMA: dict[str, dict[str, tuple[Any, Check | None]]] = {
         "require_key_proof": (True, _is_bool),
     },
     "templates": {"dir": ("", _is_str)},
-    "autoreply": {"max_per_sender_per_day": (5, _is_int(0))},
+    "autoreply": {
+        "max_per_sender_per_day": (5, _is_int(0)),
+        "max_per_hour": (100, _is_int(0)),
+        "team_digest_after": (20, _is_int(0)),
+        "quarantine_digest_after": (5, _is_int(0)),
+    },
     "limits": {
         "max_message_bytes": (25 * 1024 * 1024, _is_int(1024)),
         "max_header_bytes": (100 * 1024, _is_int(1024)),
         "max_mime_parts": (100, _is_int(1)),
         "max_received": (50, _is_int(1)),
         "max_decrypted_bytes": (32 * 1024 * 1024, _is_int(1024)),
+        "processing_seconds": (30, _is_int(1, 3600)),
     },
 }
 
@@ -377,6 +406,7 @@ class _Reader:
 
     def __init__(self, path: str, data: dict[str, Any]):
         self.path = path
+        self.base = Path(os.path.abspath(path)).parent  # relative paths start here
         self.data = data
         self.problems: list[str] = []
 
@@ -433,8 +463,11 @@ class _Reader:
             return ""
         resolved = Path(path)
         creds = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not resolved.is_absolute() and creds and (Path(creds) / path).exists():
-            resolved = Path(creds) / path
+        if not resolved.is_absolute():
+            if creds and (Path(creds) / path).exists():
+                resolved = Path(creds) / path
+            else:
+                resolved = self.base / path
         try:
             return resolved.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
@@ -538,6 +571,7 @@ def parse(path: str, text: str) -> Settings:
         reminders = [1, 2]
     members = _team_members(r, v["team"]["members"])
     lists = _lists(r, data.get("lists"))
+    _resolve_paths(r.base, v)
 
     if r.problems:
         raise ConfigError(r.problems)
@@ -564,6 +598,31 @@ def parse(path: str, text: str) -> Settings:
         autoreply=AutoreplySettings(**v["autoreply"]),
         limits=LimitSettings(**v["limits"]),
     )
+
+
+_SQLITE_URL = re.compile(r"^(sqlite(?:\+\w+)?):///([^?]*)(.*)$", re.S)
+
+
+def sqlite_url_in(base: Path, url: str) -> str:
+    """A SQLite URL whose relative file path is made absolute under ``base``; other URLs
+    (PostgreSQL, in-memory, absolute or ``file:`` paths) as they are."""
+    m = _SQLITE_URL.match(url)
+    if not m:
+        return url
+    scheme, path, query = m.groups()
+    if not path or path == ":memory:" or path.startswith(("/", "file:")):
+        return url
+    return f"{scheme}:///{os.path.normpath(base / path)}{query}"
+
+
+def _resolve_paths(base: Path, v: dict[str, dict[str, Any]]) -> None:
+    """Make every relative path of the file relative to the file's own directory."""
+    if isinstance(v["database"]["url"], str):
+        v["database"]["url"] = sqlite_url_in(base, v["database"]["url"])
+    for section, key in (("gnupg", "home"), ("relay", "maildir"), ("templates", "dir")):
+        value = v[section][key]
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            v[section][key] = os.path.normpath(base / value)
 
 
 def _check_country(r: _Reader, cal: dict[str, Any]) -> None:

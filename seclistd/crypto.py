@@ -12,18 +12,42 @@ The library's obvious usage is wrong in several ways (NOTES.md), so:
 - Keyring writes (generate, import) are serialised: a thread lock and a file lock on the
   home, since concurrent imports on one home lose keys. ``--no-random-seed-file`` keeps
   parallel gpg processes from sleeping on the seed file's lock.
+
+Two keyrings, so that nothing a mail carries touches the project's secret keys:
+
+- The *project* home is ``gnupg.home``: the project key (secret and public) and the keys the
+  operator imports (``seclistd keys import``: the team's keys, a reporter's key). Only the
+  operator writes here; mail never does.
+- The *offered* home is ``gnupg.home/offered``, a GnuPG home of its own (its own
+  ``private-keys-v1.d``, never an agent: ``--no-autostart``). Keys that mail offers
+  (attachments, pasted blocks, Autocrypt) go there, and only after ``seclistd.packets`` has
+  seen public key packets alone (a few per message, capped in size, nothing compressed) and
+  ``gpg --import-options show-only`` has listed no ``sec``/``ssb`` record; each gpg run has a
+  time limit. A key the project home holds already is never imported there again.
+- Reading (decrypt, verify, encrypt, look a key up) runs in the project home with the offered
+  public keyring added (``--keyring offered/pubring.kbx``): the project keyring comes first,
+  and secret keys can only come from the project home's own agent. Decisions that are the
+  operator's (the project key, the one key for an address when an outbox row is retried)
+  look at the project keyring alone.
+
+The project key is ``gnupg.key`` when set, else the one ``seclistd keys generate`` made,
+whose fingerprint it records in ``gnupg.home/seclistd-project-key``; so the key is usable at
+once (export, doctor, decrypting, signing) with no edit of the configuration.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -35,6 +59,10 @@ import gnupg
 from seclistd.config import GnupgSettings
 
 GPG_OPTIONS = ["--no-random-seed-file", "--no-auto-key-retrieve", "--no-auto-key-locate"]
+OFFERED_DIR = "offered"  # the offered-keys home, inside gnupg.home
+PROJECT_KEY_FILE = "seclistd-project-key"  # the fingerprint `keys generate` recorded
+OFFERED_BUDGET_SECONDS = 5.0  # all gpg work on the keys one message offers
+FINGERPRINT = re.compile(r"[0-9A-F]{40}|[0-9A-F]{64}")
 
 
 class CryptoError(Exception):
@@ -78,10 +106,19 @@ class KeyInfo:
     expired: bool
     subkey_ids: tuple[str, ...]  # long key IDs of the primary key and its subkeys
 
+    offered: bool = False  # in the offered-keys keyring (mail brought it), not the project's
+
     def as_dict(self) -> dict[str, object]:
         return {"fingerprint": self.fingerprint, "uids": list(self.uids), "secret": self.secret,
                 "expires": self.expires.isoformat() if self.expires else None,
-                "revoked": self.revoked, "expired": self.expired}
+                "revoked": self.revoked, "expired": self.expired,
+                "keyring": "offered" if self.offered else "project"}
+
+
+@dataclass(frozen=True)
+class OfferedImport:
+    fingerprints: tuple[str, ...] = ()  # the offered keys now known (imported or already held)
+    refused: tuple[str, ...] = ()  # why each other key was not imported (never its content)
 
 
 _RESULTS = {"GOODSIG": "good", "BADSIG": "bad", "EXPSIG": "expired-signature",
@@ -134,25 +171,44 @@ def _info(k: dict[str, Any], secret: bool) -> KeyInfo:
 
 
 def uid_address(uid: str) -> str:
-    """The address in a user ID such as 'Alice <alice@example.org>'."""
-    match = re.search(r"<([^<>\s]+@[^<>\s]+)>\s*$", uid)
+    """The address in a user ID such as 'Alice <alice@example.org>'.
+
+    Only the tail is searched (an address is at most 254 characters): user IDs can come
+    from keys a stranger sent, and the pattern backtracks over long runs of ``@``."""
+    match = re.search(r"<([^<>\s]+@[^<>\s]+)>\s*$", uid[-300:])
     return (match.group(1) if match else uid.strip()).lower()
 
 
 class Keyring:
-    """A GnuPG home. Cheap to use, costly to create (gpg --version): see ``keyring_for``."""
+    """The project home with the offered keyring beside it (see the module's docstring).
+
+    Cheap to use, costly to create (gpg --version): see ``keyring_for``.
+    """
 
     def __init__(self, settings: GnupgSettings):
         self.settings = settings
         self.home = Path(settings.home)
+        self.offered_home = self.home / OFFERED_DIR
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.gpg = gnupg.GPG(gnupghome=str(self.home), options=GPG_OPTIONS)
+        self.offered_home.mkdir(exist_ok=True, mode=0o700)
+        offered_ring = self.offered_home / "pubring.kbx"
+        if not offered_ring.exists():  # created once here, not by concurrent readers
+            with contextlib.suppress(CryptoError):  # else the first reader creates it
+                self._run(self.offered_home, ["--list-keys"], b"", timeout=30)
+        # Reads see both keyrings; writes go to the project keyring alone.
+        self.gpg = gnupg.GPG(gnupghome=str(self.home),
+                             options=[*GPG_OPTIONS, "--keyring", str(offered_ring)])
         self.gpg.encoding = "utf-8"
+        self.project = gnupg.GPG(gnupghome=str(self.home), options=GPG_OPTIONS)
+        self.project.encoding = "utf-8"
         self._lock = threading.Lock()
+        self._offered_lock = threading.Lock()
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        with self._lock, open(self.home / ".seclistd-write.lock", "w") as handle:
+    def _writing(self, home: Path | None = None) -> Iterator[None]:
+        home = home or self.home
+        lock = self._lock if home == self.home else self._offered_lock
+        with lock, open(home / ".seclistd-write.lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -162,9 +218,20 @@ class Keyring:
     def _passphrase(self) -> str | None:
         return self.settings.passphrase or None
 
-    # -- the keyring -----------------------------------------------------------------------
+    # -- the project keyring ---------------------------------------------------------------
+
+    def project_key(self) -> str | None:
+        """``gnupg.key`` when set, else the key ``keys generate`` recorded (None: neither)."""
+        if self.settings.key:
+            return self.settings.key.upper()
+        try:
+            recorded = (self.home / PROJECT_KEY_FILE).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return recorded.upper() if FINGERPRINT.fullmatch(recorded.upper()) else None
 
     def generate(self, name: str, email: str, expire: str = "0") -> str:
+        """A new project key, recorded as the project key (``gnupg.key`` still overrides)."""
         options = {"key_type": "EDDSA", "key_curve": "ed25519", "subkey_type": "ECDH",
                    "subkey_curve": "cv25519", "name_real": name, "name_email": email,
                    "expire_date": expire}
@@ -173,14 +240,20 @@ class Keyring:
         else:
             options["no_protection"] = True
         with self._writing():
-            result = self.gpg.gen_key(self.gpg.gen_key_input(**options))
-        if not result.fingerprint:
-            raise CryptoError(f"gpg could not generate a key: {result.status or result.stderr}")
-        return str(result.fingerprint)
+            result = self.project.gen_key(self.project.gen_key_input(**options))
+            if not result.fingerprint:
+                raise CryptoError(
+                    f"gpg could not generate a key: {result.status or result.stderr}")
+            fingerprint = str(result.fingerprint).upper()
+            record = self.home / f".{PROJECT_KEY_FILE}.new"
+            record.write_text(fingerprint + "\n", encoding="ascii")
+            os.replace(record, self.home / PROJECT_KEY_FILE)
+        return fingerprint
 
     def import_keys(self, data: bytes | str) -> list[str]:
+        """The operator's import (``keys import``): into the project keyring, secret or not."""
         with self._writing():
-            result = self.gpg.import_keys(data)
+            result = self.project.import_keys(data)
         return sorted({str(f).upper() for f in result.fingerprints if f})
 
     def export(self, fingerprint: str) -> str:
@@ -190,16 +263,23 @@ class Keyring:
         return str(armored)
 
     def list_keys(self, secret: bool = False) -> list[KeyInfo]:
-        """Secret keys, or all public keys marked with whether their secret part is here."""
+        """Secret keys (the project home's only), or all public keys of both keyrings, each
+        marked with whether its secret part is here and whether mail brought it."""
+        secret_listed = self.project.list_keys(True)
         if secret:
-            return [_info(k, True) for k in self.gpg.list_keys(True)]
-        secret_fprs = {k["fingerprint"] for k in self.gpg.list_keys(True)}
-        return [_info(k, k["fingerprint"] in secret_fprs) for k in self.gpg.list_keys()]
+            return [_info(k, True) for k in secret_listed]
+        secret_fprs = {k["fingerprint"] for k in secret_listed}
+        project_fprs = {k["fingerprint"] for k in self.project.list_keys()}
+        return [dataclasses.replace(_info(k, k["fingerprint"] in secret_fprs),
+                                    offered=k["fingerprint"] not in project_fprs)
+                for k in self.gpg.list_keys()]
 
     def key_for_address(self, address: str) -> str | None:
-        """The one usable key with a user ID for exactly this address (None: none or several)."""
+        """The one usable key the operator imported with a user ID for exactly this address
+        (None: none or several). Keys that mail offered are not considered."""
         address = address.lower()
-        found = [k.fingerprint for k in self.list_keys() if not (k.revoked or k.expired)
+        keys = [_info(k, False) for k in self.project.list_keys()]
+        found = [k.fingerprint for k in keys if not (k.revoked or k.expired)
                  and any(uid_address(uid) == address for uid in k.uids)]
         return found[0] if len(found) == 1 else None
 
@@ -208,6 +288,81 @@ class Keyring:
         fingerprint = fingerprint.upper()
         listed = self.gpg.list_keys(keys=[fingerprint])
         return next((_info(k, False) for k in listed if k["fingerprint"] == fingerprint), None)
+
+    # -- the offered keyring ---------------------------------------------------------------
+
+    @staticmethod
+    def _run(home: Path, args: list[str], data: bytes, timeout: float) -> bytes:
+        """gpg on ``home`` without ever starting an agent, bounded in time; its stdout."""
+        command = ["gpg", "--homedir", str(home), "--batch", "--no-tty", "--no-autostart",
+                   "--no-greeting", *GPG_OPTIONS, *args]
+        try:
+            done = subprocess.run(command, input=data, capture_output=True,
+                                  timeout=max(timeout, 0.1))
+        except subprocess.TimeoutExpired as exc:
+            raise CryptoError(f"gpg took longer than {timeout:.1f} s") from exc
+        except OSError as exc:
+            raise CryptoError(f"gpg could not run ({exc.strerror})") from exc
+        if done.returncode != 0 and not done.stdout:
+            raise CryptoError("gpg could not read it")
+        return done.stdout
+
+    def import_offered(self, keys: tuple[bytes, ...] | list[bytes],
+                       budget: float = OFFERED_BUDGET_SECONDS) -> OfferedImport:
+        """Import keys a mail offered into the offered keyring, each after gpg's own look.
+
+        ``keys`` are binary public keys that ``seclistd.packets`` passed. gpg lists each one
+        first without importing it; any secret key record refuses it. All of it within
+        ``budget`` seconds; what is left when the budget is spent is not imported.
+        """
+        deadline = time.monotonic() + budget
+        fingerprints: list[str] = []
+        refused: list[str] = []
+        for key in keys:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise CryptoError(f"the {budget:.0f} s allowed for the offered keys of one "
+                                      "message were spent")
+                fingerprint = self._inspect_offered(key, left)
+                if self._in_project_keyring(fingerprint):
+                    fingerprints.append(fingerprint)  # the operator's copy stays the one used
+                    continue
+                with self._writing(self.offered_home):
+                    status = self._run(self.offered_home, ["--status-fd", "1", "--import"],
+                                       key, deadline - time.monotonic())
+                if not any(line.split()[1:2] == [b"IMPORT_OK"]
+                           and line.split()[-1] == fingerprint.encode()
+                           for line in status.splitlines()):
+                    raise CryptoError("gpg would not import it (no valid self-signature?)")
+                fingerprints.append(fingerprint)
+            except CryptoError as exc:
+                refused.append(f"an offered key was not imported: {exc}")
+        return OfferedImport(tuple(dict.fromkeys(fingerprints)), tuple(refused))
+
+    def _in_project_keyring(self, fingerprint: str) -> bool:
+        try:
+            listed = self._run(self.home, ["--with-colons", "--list-keys", fingerprint], b"",
+                               timeout=30)
+        except CryptoError:  # gpg exits 2 for a key it does not have
+            return False
+        return f":{fingerprint}:".encode() in listed
+
+    def _inspect_offered(self, key: bytes, timeout: float) -> str:
+        """The fingerprint of the one public key in ``key``; CryptoError if it is not that."""
+        listing = self._run(self.offered_home, ["--with-colons", "--import-options",
+                                                "show-only", "--import"], key, timeout)
+        records = [line.split(":") for line in listing.decode("utf-8", "replace").splitlines()]
+        if any(r[0] in ("sec", "ssb") for r in records):
+            raise CryptoError("it holds secret key material")
+        primaries = [i for i, r in enumerate(records) if r[0] == "pub"]
+        if len(primaries) != 1:
+            raise CryptoError(f"gpg found {len(primaries)} public keys in it, expected one")
+        after = records[primaries[0] + 1:]
+        fingerprint = next((r[9] for r in after if r[0] == "fpr" and len(r) > 9), "").upper()
+        if not FINGERPRINT.fullmatch(fingerprint):
+            raise CryptoError("gpg gave no fingerprint for it")
+        return fingerprint
 
     # -- messages --------------------------------------------------------------------------
 
@@ -240,8 +395,10 @@ class Keyring:
         return parse_status(result.stderr or "")
 
     def encrypt(self, data: bytes, fingerprint: str, sign: str | None = None) -> bytes:
-        """ASCII-armored ciphertext for ``fingerprint`` alone, signed by ``sign`` if given."""
+        """ASCII-armored ciphertext for ``fingerprint`` alone, signed by ``sign``, else by the
+        project key when there is one."""
         fingerprint = fingerprint.upper()
+        sign = sign or self.project_key()
         info = self.key(fingerprint)
         if info is None:
             raise CryptoError(f"no key {fingerprint} in the keyring; import it with "

@@ -9,7 +9,9 @@ unsent leases, and the process exits 0. ``sd_notify`` sends READY, WATCHDOG and 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import logging
 import os
 import signal
@@ -17,18 +19,24 @@ import socket
 import threading
 from collections.abc import Callable
 
+from aiosmtpd.controller import Controller
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from seclistd import relay, scheduler
 from seclistd.config import Settings
 from seclistd.db import make_engine, session_factory, transaction
+from seclistd.errors import trace
 from seclistd.intake import imap
 from seclistd.intake.listener import Handler, make_controller
 
 log = logging.getLogger(__name__)
 
 RELAY_POLL = 5.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the text is the one line for the operator."""
 
 
 def utcnow() -> dt.datetime:
@@ -112,6 +120,16 @@ def imap_pass(settings: Settings, engine: Engine, factory: sessionmaker[Session]
         lock.release()
 
 
+def probe_bind(host: str, port: int) -> None:
+    """Raise the OSError a listener on host:port would meet (EADDRINUSE: taken), binding
+    as asyncio does (SO_REUSEADDR) and letting go at once."""
+    for family, kind, proto, _name, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+
+
 class Daemon:
     def __init__(self, settings: Settings, engine: Engine | None = None,
                  clock: Callable[[], dt.datetime] = utcnow,
@@ -138,8 +156,8 @@ class Daemon:
                 try:
                     relay.drain(self.factory, self.settings.relay, transport, self.clock, owner,
                                 should_stop=self.stop.is_set, seal=seal)
-                except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
-                    log.exception("relay pass failed")
+                except Exception as exc:  # noqa: BLE001 - the loop must survive a database hiccup
+                    log.error("relay pass failed:\n%s", trace(exc))
                 self.wake.wait(RELAY_POLL)
         finally:
             transport.close()
@@ -153,28 +171,48 @@ class Daemon:
         thread.start()
         self.threads.append(thread)
 
+    def _start_listener(self) -> Controller | None:
+        lst = self.settings.listener
+        if not lst.enabled:
+            return None
+        handler = Handler(self.settings, self.factory, self.clock, self.wake.set)
+        controller = make_controller(self.settings, handler)
+        try:
+            # aiosmtpd reports a failed bind only after its ready timeout: ask first.
+            probe_bind(lst.host, lst.port)
+            controller.start()
+        except OSError as exc:
+            with contextlib.suppress(Exception):
+                controller.stop()
+            self.engine.dispose()
+            where = f"{lst.host}:{lst.port}"
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(f"{where} is in use: is another seclistd running? Stop it, "
+                                   "or set listener.port to a free port") from exc
+            raise StartupError(f"cannot listen on {where} ({exc.strerror or type(exc).__name__}"
+                               "): check listener.host and listener.port") from exc
+        log.info("listening for %s on %s:%s", lst.protocol.upper(), lst.host, lst.port)
+        return controller
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        # The listener first: when its address is taken (another seclistd runs), nothing
+        # else has started and the process ends with one line.
+        controller = self._start_listener()
         with transaction(self.factory) as session:
             relay.release_dead_leases(session)
         sweeps = scheduler.start(self.factory, self.clock, self.settings)
-        controller = None
-        if self.settings.listener.enabled:
-            handler = Handler(self.settings, self.factory, self.clock, self.wake.set)
-            controller = make_controller(self.settings, handler)
-            controller.start()
-            log.info("listening for %s on %s:%s", self.settings.listener.protocol.upper(),
-                     self.settings.listener.host, self.settings.listener.port)
         if self.settings.imap.enabled:
             intake = imap.ImapIntake(self.settings, self.engine, self.factory, self.clock,
                                      self.stop, self.wake.set)
             self._thread("imap", intake.run)
         self._thread("relay", self._relay_loop)
+        sd_notify("READY=1")
+        # The watchdog starts only now: systemd must hear READY before the first WATCHDOG.
         watchdog_usec = os.environ.get("WATCHDOG_USEC", "")
         if watchdog_usec.isdigit():
             self._thread("watchdog", lambda: self._watchdog(int(watchdog_usec) / 2e6))
-        sd_notify("READY=1")
         log.info("seclistd running")
         while not self.stop.wait(1.0):
             pass

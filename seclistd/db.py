@@ -3,6 +3,11 @@
 SQLite: WAL, ``synchronous=FULL``, foreign keys, a busy timeout, and ``BEGIN IMMEDIATE``
 for every transaction (a deferred BEGIN fails at once with "database is locked" when two
 writers meet; see NOTES.md). PostgreSQL: ``postgresql://`` URLs use psycopg 3.
+
+On every backend: SQL parameters never appear in an exception's text (``hide_parameters``:
+they hold message content), and a NUL character never reaches the database in a string
+parameter: it becomes U+FFFD (PostgreSQL refuses NUL in text columns, and a decrypted
+report may hold one). Bytes parameters (the raw message) are passed as they are.
 """
 
 from __future__ import annotations
@@ -56,14 +61,53 @@ def normalise_url(url: str) -> str:
     return u.render_as_string(hide_password=False)
 
 
-def make_engine(url: str) -> Engine:
+def without_nul(parameters: Any) -> Any:
+    """Statement parameters with NUL in every string replaced by U+FFFD (bytes untouched)."""
+    if isinstance(parameters, str):
+        return parameters.replace("\x00", "\ufffd") if "\x00" in parameters else parameters
+    if isinstance(parameters, dict):
+        return {key: without_nul(value) for key, value in parameters.items()}
+    if isinstance(parameters, list | tuple):
+        return type(parameters)(without_nul(value) for value in parameters)
+    return parameters
+
+
+def _guard_parameters(engine: Engine) -> None:
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _no_nul(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any,
+                _executemany: bool) -> tuple[str, Any]:
+        return statement, without_nul(parameters)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None: not SQLite, or in memory)."""
+    u = make_url(normalise_url(url))
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" \
+            or u.database.startswith("file:"):
+        return None
+    return Path(u.database)
+
+
+def make_engine(url: str, create: bool = False) -> Engine:
+    """An engine for ``url``. A SQLite file (and its directory) is created only with
+    ``create`` (migrations); otherwise it is opened read-write and a missing file is an
+    error, so no command but `migrate` leaves an empty database behind."""
     url = normalise_url(url)
     u = make_url(url)
     if u.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, future=True)
-    if u.database and u.database != ":memory:":
-        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(url, pool_pre_ping=True, future=True, hide_parameters=True)
+        _guard_parameters(engine)
+        return engine
+    path = sqlite_file(url)
+    if path is not None:
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            u = u.set(database=path.absolute().as_uri(),
+                      query={**u.query, "mode": "rw", "uri": "true"})
+    engine = create_engine(u, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
+                           hide_parameters=True)
+    _guard_parameters(engine)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -129,7 +173,7 @@ def migrate(url: str, revision: str = "head") -> None:
     """Create or upgrade the database to ``revision``."""
     from alembic import command
 
-    make_engine(url).dispose()  # creates the SQLite directory if needed
+    make_engine(url, create=True).dispose()  # creates the SQLite directory if needed
     command.upgrade(alembic_config(url), revision)
 
 
@@ -141,7 +185,7 @@ def downgrade(url: str, revision: str) -> None:
 
 # The migrations in order; the last is the schema this code needs. tests/test_migrations.py
 # checks this against Alembic's own history, so it cannot drift.
-REVISIONS = ("0001", "0002", "0003")
+REVISIONS = ("0001", "0002", "0003", "0004b", "0004c", "0004e", "0004f")
 
 
 def schema_revision(engine: Engine) -> str | None:

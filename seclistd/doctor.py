@@ -28,6 +28,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def check_database(settings: Settings) -> Result:
+    path = db.sqlite_file(settings.database.url)
+    if path is not None and not path.exists():
+        return Result("database", False, f"no database at {path}: run `seclistd migrate`")
     try:
         engine = db.make_engine(settings.database.url)
         problem = db.schema_problem(engine)
@@ -61,15 +64,15 @@ def check_imap(settings: Settings) -> Result:
 def check_relay(settings: Settings) -> Result:
     s = settings.relay
     if s.transport == "maildir":
+        # Read-only: the relay creates the maildir at its first delivery; the nearest
+        # existing directory on its path must let it.
         path = Path(s.maildir)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            writable = os.access(path, os.W_OK)
-        except OSError as exc:
-            return Result("relay", False, f"maildir {path}: {exc.strerror}; check relay.maildir")
-        if not writable:
-            return Result("relay", False, f"maildir {path} is not writable; fix its owner")
-        return Result("relay", True, f"maildir {path} is writable")
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            return Result("relay", False, f"maildir {path}: {existing} is not a writable "
+                          "directory; check relay.maildir or fix the owner")
+        what = "is writable" if existing == path else "will be created at the first delivery"
+        return Result("relay", True, f"maildir {path} {what}")
     from seclistd.relay import SmtpTransport
 
     try:
@@ -84,22 +87,26 @@ def check_gnupg(settings: Settings) -> Result:
     home = Path(settings.gnupg.home)
     if shutil.which("gpg") is None:
         return Result("gnupg", False, "gpg is not installed; apt-get install gnupg")
+    generate = f"`seclistd --config {settings.path} keys generate`"
     if not home.is_dir():
-        return Result("gnupg", False, f"home {home} does not exist; create it (mode 0700) or "
-                      "set gnupg.home")
-    if not settings.gnupg.key:
-        return Result("gnupg", False, f"home {home} exists but no project key is set: "
-                      "`seclistd keys generate`, then gnupg.key = FINGERPRINT")
+        return Result("gnupg", False, f"no GnuPG home at {home}, so no project key: {generate}"
+                      " creates both (or set gnupg.home to an existing home)")
     from seclistd.crypto import keyring_for
 
-    info = next((k for k in keyring_for(settings.gnupg).list_keys(secret=True)
-                 if k.fingerprint == settings.gnupg.key), None)
+    ring = keyring_for(settings.gnupg)
+    fpr = ring.project_key()
+    if fpr is None:
+        return Result("gnupg", False, f"no project key in {home}: {generate} makes one (or "
+                      "set gnupg.key to the fingerprint of a secret key in it)")
+    info = next((k for k in ring.list_keys(secret=True) if k.fingerprint == fpr), None)
     if info is None:
-        return Result("gnupg", False, f"no secret key {settings.gnupg.key} in {home}; "
-                      "`seclistd keys import` it or correct gnupg.key")
+        where = "gnupg.key" if settings.gnupg.key else "the key `keys generate` recorded"
+        return Result("gnupg", False, f"no secret key {fpr} ({where}) in {home}; "
+                      f"`seclistd keys import` it, correct gnupg.key, or {generate}")
     if info.revoked or info.expired:
         return Result("gnupg", False, f"project key {info.fingerprint} is "
-                      f"{'revoked' if info.revoked else 'expired'}; generate a new one")
+                      f"{'revoked' if info.revoked else 'expired'}; {generate} --force "
+                      "makes a new one")
     return Result("gnupg", True, f"project key {info.fingerprint} in {home}")
 
 

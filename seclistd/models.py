@@ -1,4 +1,5 @@
-"""SQLAlchemy 2.x typed tables: messages, cases, events, outbox, counters, daemon state.
+"""SQLAlchemy 2.x typed tables: messages, cases, events, outbox, counters, daemon state,
+team digest entries and the record of quarantined messages deleted.
 
 Times are stored in UTC and always come back timezone-aware (``UTCDateTime``), on SQLite
 as on PostgreSQL. The schema is created only by the Alembic migrations in ``migrations/``;
@@ -116,8 +117,13 @@ class Case(Base):
     subject: Mapped[str] = mapped_column(Text)
     reporter: Mapped[str] = mapped_column(String(998), index=True)
     reporter_name: Mapped[str | None] = mapped_column(String(998))
-    reply_to: Mapped[str | None] = mapped_column(String(998))  # return path for answers
+    reply_to: Mapped[str | None] = mapped_column(String(998))  # return path: automatic answers
+    # Where human answers go: the report's Reply-To, else None (then its From, ``reporter``).
+    answer_to: Mapped[str | None] = mapped_column(String(998))
     handler: Mapped[str | None] = mapped_column(String(998))
+    # The key the handler's mail is encrypted to when the handler is not in [team] (looked
+    # up in the keyring when assigned; None: their mail is held until one is imported).
+    handler_key: Mapped[str | None] = mapped_column(String(40))
     waiting_on: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     ack_due: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
@@ -141,8 +147,13 @@ class Case(Base):
     ack_stage: Mapped[int] = mapped_column(Integer, default=0)
     last_reporter_contact_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     update_reminders: Mapped[int] = mapped_column(Integer, default=0)
-    # The key the reporter sent (attached or Autocrypt), pinned on first sight.
+    # The key the reporter's first mail sent (attached or Autocrypt), pinned on first use;
+    # a later key only with the pinned key's signature or a confirmed token (PendingChange).
     reporter_key: Mapped[str | None] = mapped_column(String(40))
+    # A failed SLA sweep of this case: the error (None once a sweep succeeds) and how many
+    # sweeps failed in a row; the retry time, with backoff, is next_sla_at.
+    sweep_error: Mapped[str | None] = mapped_column(Text)
+    sweep_failures: Mapped[int] = mapped_column(Integer, default=0)
 
     messages: Mapped[list[Message]] = relationship(back_populates="case",
                                                    order_by="Message.id")
@@ -173,6 +184,7 @@ class Outbox(Base):
     __table_args__ = (
         Index("ix_outbox_due", "status", "next_attempt_at"),
         Index("ix_outbox_auto_to", "auto", "to_addr", "created_at"),
+        Index("ix_outbox_auto_created", "auto", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -199,8 +211,47 @@ class Outbox(Base):
     lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
+class DigestEntry(Base):
+    """A team notice held back during a flood, to be listed in the next hourly digest.
+
+    ``kind`` is ``case`` (a new report; ``ref`` its case ID) or ``quarantine`` (``ref`` the
+    message ID); ``line`` is the digest line, written when the notice was held (it quotes no
+    message content). ``digested_at`` is set by the digest sweep that listed it.
+    """
+
+    __tablename__ = "digest_entries"
+    __table_args__ = (Index("ix_digest_entries_pending", "kind", "digested_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    ref: Mapped[str] = mapped_column(String(64))
+    line: Mapped[str] = mapped_column(Text)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    digested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class QuarantineDeletion(Base):
+    """The audit record of a quarantined message an operator deleted (its bytes are gone)."""
+
+    __tablename__ = "quarantine_deletions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(Integer, index=True)  # the deleted messages.id
+    deleted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(998))
+    reason: Mapped[str] = mapped_column(Text, default="")  # the operator's, may be empty
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    header_message_id: Mapped[str | None] = mapped_column(String(998))
+    from_addr: Mapped[str | None] = mapped_column(String(998))
+    envelope_from: Mapped[str | None] = mapped_column(String(998))
+    quarantine_reason: Mapped[str | None] = mapped_column(Text)
+
+
 class HonouredSignature(Base):
-    """A signature that carried out a command: each is honoured once."""
+    """A verified signature, spent once: its command was carried out or refused, and a
+    reporter's signed change was applied. The primary key makes a second use fail."""
 
     __tablename__ = "honoured_signatures"
 
@@ -209,6 +260,26 @@ class HonouredSignature(Base):
     case_id: Mapped[str | None] = mapped_column(String(32))
     message_id: Mapped[int | None] = mapped_column(Integer)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class PendingChange(Base):
+    """A change to a case that a later, unauthenticated mail asked for (a key to pin, a credit
+    wish): applied only when the one-time token mailed to the case's address comes back.
+    Only the token's SHA-256 is stored."""
+
+    __tablename__ = "pending_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    key_fingerprint: Mapped[str | None] = mapped_column(String(40))
+    # None: the credit stays as it is; "" the reporter asks not to be named.
+    credit: Mapped[str | None] = mapped_column(Text)
+    credit_github: Mapped[str | None] = mapped_column(String(39))
+    message_id: Mapped[int | None] = mapped_column(Integer)  # the mail that asked
+    requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class Counter(Base):

@@ -9,7 +9,10 @@ a dead process on this host are released at start; others expire after
 
 Temporary failures are retried with Postfix's backoff (300 s doubling to 4000 s) until
 ``relay.max_age_days``; permanent (5xx) failures and give-ups are marked ``failed`` and
-logged, never dropped.
+logged, never dropped. A row that fails in an unexpected way is retried like a temporary
+failure and never stops the rows behind it. A mail with an internationalised address or
+UTF-8 header goes out with SMTPUTF8 (RFC 6531); a next hop that does not offer it fails the
+row at once with that reason (``outbox list``), to be retried by hand once the relay can.
 """
 
 from __future__ import annotations
@@ -24,20 +27,20 @@ import smtplib
 import socket
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from seclistd import failures
 from seclistd.config import RelaySettings, Settings
 from seclistd.db import transaction
+from seclistd.mail.addresses import is_international
+from seclistd.mail.parse import header_end
 from seclistd.models import Case, Outbox
 
 log = logging.getLogger(__name__)
-
-FIRST_RETRY = 300
-MAX_BACKOFF = 4000
-
 
 class TemporaryFailure(Exception):
     pass
@@ -70,8 +73,9 @@ def sealer(settings: Settings) -> Sealer:
     def seal(raw: bytes, encrypt_to: str | None, must_encrypt: bool) -> tuple[bytes, bool]:
         if not encrypt_to:
             if must_encrypt:
-                raise Hold("the recipient writes encrypted but no key of theirs is known: "
-                           "`seclistd keys import FILE`, then `seclistd outbox retry ID`")
+                raise Hold("the recipient may only get encrypted mail and no key of theirs "
+                           "is known: `seclistd keys import FILE`, then "
+                           "`seclistd outbox retry ID`")
             return raw, False
         ring = keyring(settings.gnupg)
         if ring is None:
@@ -85,6 +89,16 @@ def sealer(settings: Settings) -> Sealer:
         return sealed, True
 
     return seal
+
+
+NO_SMTPUTF8 = ("the next hop does not offer SMTPUTF8, which this mail needs for its "
+               "internationalised address or header (RFC 6531)")
+
+
+def needs_smtputf8(envelope_from: str, to: str, raw: bytes) -> bool:
+    """Whether the envelope or the header block holds UTF-8 (our bodies are 7-bit)."""
+    return (is_international(envelope_from) or is_international(to)
+            or not raw[:header_end(raw)].isascii())
 
 
 class Transport(Protocol):
@@ -121,7 +135,13 @@ class SmtpTransport:
         try:
             if self.conn is None:
                 self.conn = self.connect()
-            self.conn.sendmail(envelope_from, [to], raw)
+            options: list[str] = []
+            if needs_smtputf8(envelope_from, to, raw):
+                if not self.conn.has_extn("smtputf8"):
+                    raise PermanentFailure(NO_SMTPUTF8)
+                options = ["SMTPUTF8"] + (["BODY=8BITMIME"] if self.conn.has_extn("8bitmime")
+                                          else [])
+            self.conn.sendmail(envelope_from, [to], raw, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()))
             self._classify(code, text)
@@ -153,10 +173,15 @@ class SmtpTransport:
 
 
 class MaildirTransport:
-    """Writes each mail into a maildir (the development default), as an MDA would."""
+    """Writes each mail into a maildir (the development default), as an MDA would; UTF-8
+    addresses and headers are written as they are (an MDA for SMTPUTF8 mail does the same)."""
 
     def __init__(self, path: str):
-        self.box = mailbox.Maildir(path, create=True)
+        # mailbox.Maildir(create=True) makes new/cur/tmp only when it makes the directory
+        # itself: an existing empty directory must get them too.
+        for sub in ("tmp", "new", "cur"):
+            Path(path, sub).mkdir(parents=True, exist_ok=True)
+        self.box = mailbox.Maildir(path, create=False)
 
     def send(self, envelope_from: str, to: str, raw: bytes) -> None:
         head = f"Return-Path: <{envelope_from}>\nDelivered-To: {to}\n".encode()
@@ -220,12 +245,14 @@ def claim(session: Session, now: dt.datetime, owner: str, limit: int,
 
 def backoff(attempts: int) -> int:
     """Seconds before the next try after ``attempts`` failed tries (Postfix's defaults)."""
-    return min(FIRST_RETRY * 2 ** max(attempts - 1, 0), MAX_BACKOFF)
+    return failures.backoff(attempts)
 
 
 def _finish(factory: sessionmaker[Session], row_id: int, owner: str, **values: object) -> None:
     """Record the outcome of one send in its own short transaction (Core: this is per mail)."""
     t = Outbox.__table__
+    if isinstance(values.get("last_error"), str):
+        values["last_error"] = failures.clean_text(str(values["last_error"]))
     with transaction(factory) as session:
         session.connection().execute(
             update(t).where(t.c.id == row_id, t.c.lease_owner == owner)
@@ -245,41 +272,56 @@ def drain(factory: sessionmaker[Session], settings: RelaySettings, transport: Tr
                     for r in claim(session, now, owner, batch, settings.lease_seconds)]
         if not rows:
             break
-        for row_id, env_from, to, raw, attempts, created, encrypt_to, must in rows:
+        for row in rows:
             if should_stop():
-                _finish(factory, row_id, owner)  # give the lease back
+                _finish(factory, row[0], owner)  # give the lease back
                 continue
-            try:
-                data, encrypted = seal(raw, encrypt_to, must)
-            except Hold as exc:
-                log.error("outbox %s to %s held: %s", row_id, to, exc)
-                _finish(factory, row_id, owner, status="held", last_error=str(exc)[:2000])
-                continue
-            try:
-                transport.send(env_from, to, data)
-            except PermanentFailure as exc:
-                log.error("outbox %s to %s failed permanently: %s", row_id, to, exc)
-                _finish(factory, row_id, owner, status="failed", attempts=attempts + 1,
-                        last_error=str(exc)[:2000])
-            except TemporaryFailure as exc:
-                now = clock()
-                if now - created > dt.timedelta(days=settings.max_age_days):
-                    log.error("outbox %s to %s: giving up after %s days: %s", row_id, to,
-                              settings.max_age_days, exc)
-                    _finish(factory, row_id, owner, status="failed", attempts=attempts + 1,
-                            last_error=f"gave up after {settings.max_age_days} days: {exc}"[:2000])
-                else:
-                    delay = backoff(attempts + 1)
-                    log.warning("outbox %s to %s deferred %ss: %s", row_id, to, delay, exc)
-                    _finish(factory, row_id, owner, attempts=attempts + 1,
-                            last_error=str(exc)[:2000],
-                            next_attempt_at=now + dt.timedelta(seconds=delay))
-            else:
-                _finish(factory, row_id, owner, status="sent", attempts=attempts + 1,
-                        sent_at=clock(), last_error=None, encrypted=encrypted)
-                sent += 1
-                log.info("outbox %s sent to %s", row_id, to)
+            sent += _send_one(factory, settings, transport, clock, owner, seal, *row)
     return sent
+
+
+def _send_one(factory: sessionmaker[Session], settings: RelaySettings, transport: Transport,
+              clock: Callable[[], dt.datetime], owner: str, seal: Sealer, row_id: int,
+              env_from: str, to: str, raw: bytes, attempts: int, created: dt.datetime,
+              encrypt_to: str | None, must: bool) -> int:
+    """Seal and send one row and record the outcome; 1 when it was sent.
+
+    Whatever goes wrong with this one row is recorded on it: an unexpected error (a bug, a
+    row the code cannot handle) is retried with backoff like a temporary failure and gives
+    up after ``relay.max_age_days``, so it never stops the rows behind it.
+    """
+    try:
+        data, encrypted = seal(raw, encrypt_to, must)
+        transport.send(env_from, to, data)
+    except Hold as exc:
+        log.error("outbox %s to %s held: %s", row_id, to, exc)
+        _finish(factory, row_id, owner, status="held", last_error=str(exc)[:2000])
+        return 0
+    except PermanentFailure as exc:
+        log.error("outbox %s to %s failed permanently: %s", row_id, to, exc)
+        _finish(factory, row_id, owner, status="failed", attempts=attempts + 1,
+                last_error=str(exc)[:2000])
+        return 0
+    except Exception as exc:  # noqa: BLE001 - one row must not stop the relay
+        if not isinstance(exc, TemporaryFailure):
+            log.error("outbox %s to %s: unexpected error", row_id, to, exc_info=True)
+            exc = TemporaryFailure(failures.describe(exc))
+        now = clock()
+        if now - created > dt.timedelta(days=settings.max_age_days):
+            log.error("outbox %s to %s: giving up after %s days: %s", row_id, to,
+                      settings.max_age_days, exc)
+            _finish(factory, row_id, owner, status="failed", attempts=attempts + 1,
+                    last_error=f"gave up after {settings.max_age_days} days: {exc}"[:2000])
+        else:
+            delay = backoff(attempts + 1)
+            log.warning("outbox %s to %s deferred %ss: %s", row_id, to, delay, exc)
+            _finish(factory, row_id, owner, attempts=attempts + 1, last_error=str(exc)[:2000],
+                    next_attempt_at=now + dt.timedelta(seconds=delay))
+        return 0
+    _finish(factory, row_id, owner, status="sent", attempts=attempts + 1, sent_at=clock(),
+            last_error=None, encrypted=encrypted)
+    log.info("outbox %s sent to %s", row_id, to)
+    return 1
 
 
 class NotRetryable(Exception):
@@ -299,11 +341,16 @@ def retry(session: Session, now: dt.datetime, row_id: int,
         raise LookupError(row_id)
     if row.must_encrypt and not row.encrypt_to:
         case = session.get(Case, row.case_id) if row.case_id else None
-        key = (case.reporter_key if case else None) or find_key(row.to_addr)
+        handler = case is not None and row.to_addr == case.handler
+        reporter = case is not None and not handler and row.to_addr in (
+            case.reporter, (case.reply_to or "").lower())
+        pinned = (case.handler_key if handler else case.reporter_key if reporter else None)
+        key = pinned or find_key(row.to_addr)
         if key:
             row.encrypt_to = key
-            if case is not None and not case.reporter_key and row.to_addr in (
-                    case.reporter, (case.reply_to or "").lower()):
+            if handler and not case.handler_key:
+                case.handler_key = key
+            elif reporter and not case.reporter_key:
                 case.reporter_key = key
     if row.status == "sent":
         raise NotRetryable(f"outbox {row_id} was already sent at {row.sent_at.isoformat()}"

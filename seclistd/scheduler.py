@@ -2,6 +2,8 @@
 
 Deadlines live in our own tables, never in an APScheduler job store, so several daemons on
 one database never double-fire (APScheduler's FAQ: processes must not share a job store).
+Within a sweep each row has its own savepoint (``reminders.sweep``): one row that fails is
+recorded on itself and retried with backoff, and the rest of the sweep goes on.
 ``sweep_once`` runs every sweep once, for ``run --once``; ``start`` schedules them.
 """
 
@@ -16,8 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from seclistd.config import Settings
 from seclistd.db import transaction
+from seclistd.errors import describe, trace
 from seclistd.relay import release_dead_leases
-from seclistd.workflows import reminders
+from seclistd.workflows import notices, reminders
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ def sweep_leases(session: Session, now: dt.datetime, settings: Settings) -> int:
 SWEEPS: dict[str, tuple[Sweep, int]] = {
     "leases": (sweep_leases, 60),
     "sla": (reminders.sweep, 60),
+    "digests": (notices.sweep, 60),
 }
 
 
@@ -43,8 +47,10 @@ def run_sweep(factory: sessionmaker[Session], clock: Callable[[], dt.datetime],
     try:
         with transaction(factory) as session:
             return sweep(session, clock(), settings)
-    except Exception:  # noqa: BLE001 - one failed sweep must not stop the others
-        log.exception("sweep %s failed; it runs again at its next turn", sweep.__name__)
+    except Exception as exc:  # noqa: BLE001 - one failed sweep must not stop the others
+        # The error's own text may quote SQL parameters or content: its type and frames only.
+        log.error("sweep %s failed (%s); it runs again at its next turn\n%s", sweep.__name__,
+                  describe(exc), trace(exc))
         return 0
 
 

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from seclistd.models import Case, DaemonState, Message, Outbox
+from seclistd.models import Case, DaemonState, Message, Outbox, QuarantineDeletion
 from seclistd.workflows import states
 
 SLA_RISK_WINDOW = dt.timedelta(hours=24)
@@ -58,17 +58,19 @@ def show_case(session: Session, tz: ZoneInfo, case_id: str) -> dict[str, Any] | 
                 "cvss_score": case.cvss_score, "duplicate_of": case.duplicate_of,
                 "credit": case.credit, "credit_github": case.credit_github,
                 "waiting_on": case.waiting_on})
-    entries: list[tuple[dt.datetime, int, dict[str, Any]]] = []
+    # In time order; messages stored in the same instant in the order they were stored.
+    entries: list[tuple[dt.datetime, int, int, dict[str, Any]]] = []
     for m in session.scalars(select(Message).where(Message.case_id == case.id)):
-        entries.append((m.received_at, 0, {
-            "direction": "in", "from": m.from_addr, "to": m.to_addrs, "subject": m.subject,
-            "at": iso(m.received_at, tz), "text": m.text or "", "kind": m.route}))
+        entries.append((m.received_at, 0, m.id, {
+            "direction": "in", "id": m.id, "from": m.from_addr, "to": m.to_addrs,
+            "subject": m.subject, "at": iso(m.received_at, tz), "text": m.text or "",
+            "kind": m.route}))
     for o in session.scalars(select(Outbox).where(Outbox.case_id == case.id)):
-        entries.append((o.created_at, 1, {
+        entries.append((o.created_at, 1, o.id, {
             "direction": "out", "from": o.envelope_from, "to": o.to_addr, "subject": o.subject,
             "at": iso(o.created_at, tz), "text": _outgoing_text(o.raw), "kind": o.kind,
             "status": o.status}))
-    doc["messages"] = [e for _, _, e in sorted(entries, key=lambda e: (e[0], e[1]))]
+    doc["messages"] = [e for *_, e in sorted(entries, key=lambda e: e[:3])]
     doc["events"] = [{"at": iso(e.at, tz), "actor": e.actor, "action": e.action,
                       "from_state": e.from_state, "to_state": e.to_state, "detail": e.detail}
                      for e in case.events]
@@ -103,16 +105,37 @@ def list_quarantine(session: Session, tz: ZoneInfo) -> list[dict[str, Any]]:
     return [quarantine_row(m, tz) for m in session.scalars(query)]
 
 
-def show_quarantined(session: Session, tz: ZoneInfo, message_id: int, excerpt: int = 8192
-                     ) -> dict[str, Any] | None:
+def show_quarantined(session: Session, tz: ZoneInfo, message_id: int,
+                     excerpt: int = 256 * 1024) -> dict[str, Any] | None:
+    """One quarantined message; ``raw_excerpt`` is its first ``excerpt`` bytes as text
+    (bytes that are not UTF-8 as ``\\xNN``), ``truncated`` says whether more follow."""
     m = session.get(Message, message_id)
     if m is None or m.status != "quarantined":
         return None
     doc = quarantine_row(m, tz)
     doc["envelope_from"] = m.envelope_from
     doc["sha256"] = m.sha256
-    doc["raw_excerpt"] = m.raw[:excerpt].decode("utf-8", "replace")
+    doc["raw_excerpt"] = m.raw[:excerpt].decode("utf-8", "backslashreplace")
+    doc["truncated"] = len(m.raw) > excerpt
     return doc
+
+
+def quarantined_raw(session: Session, message_id: int) -> bytes | None:
+    m = session.get(Message, message_id)
+    return m.raw if m is not None and m.status == "quarantined" else None
+
+
+def deleted_quarantined(session: Session, tz: ZoneInfo, message_id: int
+                        ) -> dict[str, Any] | None:
+    """The audit record of a quarantined message that was deleted, if it was."""
+    d = session.scalars(select(QuarantineDeletion).where(
+        QuarantineDeletion.message_id == message_id)).first()
+    if d is None:
+        return None
+    return {"id": d.message_id, "deleted_at": iso(d.deleted_at, tz), "actor": d.actor,
+            "reason": d.reason, "sha256": d.sha256, "size": d.size,
+            "received_at": iso(d.received_at, tz), "from": d.from_addr,
+            "quarantine_reason": d.quarantine_reason}
 
 
 def _counts(session: Session, column: Any) -> dict[str, int]:
@@ -134,4 +157,13 @@ def status(session: Session, now: dt.datetime, tz: ZoneInfo) -> dict[str, Any]:
         "outbox_by_status": by_status,
         "sla_at_risk": at_risk,
         "last_imap_pass": iso(dt.datetime.fromisoformat(last.value), tz) if last else None,
+        "sweep_failures": sweep_failures(session, tz),
     }
+
+
+def sweep_failures(session: Session, tz: ZoneInfo) -> list[dict[str, Any]]:
+    """Cases the SLA sweep failed on, with the error and when it tries again."""
+    query = select(Case).where(Case.sweep_error.is_not(None)).order_by(Case.id)
+    return [{"case_id": c.id, "state": c.state, "error": c.sweep_error,
+             "failures": c.sweep_failures, "next_attempt_at": iso(c.next_sla_at, tz)}
+            for c in session.scalars(query)]

@@ -7,6 +7,7 @@ Debian's ``dovenull``/``dovecot`` users and stores mail as ``dovecot`` (NOTES.md
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import pwd
 import shutil
@@ -17,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email import message_from_bytes, policy
+from email import message_from_bytes, message_from_string, policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def pause(seconds: float) -> None:
+    """Sleep. Not ``time.sleep``: under ``faketime -f @DATE make test`` (the suite on another
+    day) libfaketime turns its absolute monotonic deadline into EINVAL, while an Event's
+    timed wait keeps working."""
+    threading.Event().wait(seconds)
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
              what: str = "condition") -> Any:
     """Poll ``condition`` until it returns something truthy, or fail after ``timeout``."""
@@ -44,7 +52,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: floa
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+        pause(interval)
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
@@ -168,8 +176,13 @@ def start_dovecot() -> Dovecot:
     conf.write_text(DOVECOT_CONF.format(base=base, port=port, login_user=login_user,
                                         internal_user=internal_user, uid=owner.pw_uid,
                                         gid=owner.pw_gid, password=IMAP_PASSWORD))
+    # Dovecot is a server beside seclistd, like PostgreSQL: it runs on the machine's real
+    # clock even when the whole suite runs under faketime (whose timers stall its logins).
+    real_clock = {k: v for k, v in os.environ.items()
+                  if not k.startswith("FAKETIME") and k != "LD_PRELOAD"}
     proc = subprocess.Popen([binary, "-F", "-c", str(conf)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=real_clock)
     try:
         wait_port(port)
     except AssertionError:
@@ -185,17 +198,25 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     raw: bytes
+    mail_options: list[str] = field(default_factory=list)
 
     @property
     def message(self) -> EmailMessage:
-        return message_from_bytes(self.raw, policy=policy.default)  # type: ignore[return-value]
+        """The message as a mail reader sees it; UTF-8 headers (SMTPUTF8 mail) decoded."""
+        try:
+            text = self.raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return message_from_bytes(self.raw, policy=policy.default)  # type: ignore[return-value]
+        return message_from_string(text, policy=policy.default)  # type: ignore[return-value]
 
 
 @dataclass
 class Sink:
-    """A real aiosmtpd SMTP server that records what the relay delivers."""
+    """A real aiosmtpd SMTP server that records what the relay delivers. aiosmtpd's
+    Controller offers SMTPUTF8 by default; ``smtputf8=False`` makes a next hop without it."""
 
     port: int
+    smtputf8: bool = True
     controller: Controller | None = None
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -211,11 +232,13 @@ class Sink:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
             self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
-                                          envelope.original_content or envelope.content))
+                                          envelope.original_content or envelope.content,
+                                          list(envelope.mail_options)))
         return "250 OK"
 
     def start(self) -> None:
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port,
+                                     enable_SMTPUTF8=self.smtputf8)
         self.controller.start()
 
     def stop(self) -> None:
@@ -303,31 +326,103 @@ def report(i: int, *, sender: str | None = None, subject: str | None = None,
     return text.encode()
 
 
+# The clock of every seclistd process a test starts, unless the test names another: a Thursday
+# before Thanksgiving in New York, so that business days, holidays and the zone's offset all
+# matter. Expected IDs, years and offsets are derived from it (``case_id``), never written
+# down, and the suite passes whatever day the machine's clock says.
+CLOCK = dt.datetime(2026, 11, 19, 15, 0, tzinfo=dt.UTC)
+
+
+def case_id(n: int, when: dt.datetime = CLOCK, prefix: str = "SEC") -> str:
+    """The ID of the n-th case opened in ``when``'s year."""
+    return f"{prefix}-{when.year}-{n:04d}"
+
+
+def ticking(start: dt.datetime = CLOCK) -> Callable[[], dt.datetime]:
+    """A clock that reads ``start`` now and then runs on with the monotonic clock."""
+    began = time.monotonic()
+    return lambda: start + dt.timedelta(seconds=time.monotonic() - began)
+
+
+class TestClock:
+    """The clock of one test's seclistd processes: each process it starts begins at the
+    test's start time plus the time elapsed in the test, so that one process never sees an
+    earlier time than the one before it (an outbox row written by `ingest` is due for the
+    `run --once` that follows). conftest restarts it at ``CLOCK`` for every test."""
+
+    def __init__(self) -> None:
+        self.now = ticking()
+
+    def restart(self, start: dt.datetime = CLOCK) -> None:
+        self.now = ticking(start)
+
+
+TEST_CLOCK = TestClock()
+MACHINE_CLOCK = None  # ``at=MACHINE_CLOCK``: the child runs on the machine's real clock
+
+
+def faketime_env(when: dt.datetime | None) -> dict[str, str]:
+    """The environment that starts a child's clock at ``when`` (it then runs on, and so do
+    the clocks of its own children, gpg's included); ``None``: the machine's clock, as this
+    process sees it.
+
+    libfaketime is preloaded directly rather than through the ``faketime`` wrapper, which
+    forks: the test's process handle must be the daemon itself, to signal it and read its
+    /proc entry."""
+    libs = sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))
+    if when is None:
+        if "faketime" not in os.environ.get("LD_PRELOAD", "") or not libs:
+            return {}
+        # The whole suite runs under `faketime` (make test on another day): the machine's
+        # clock is the faked one. The child keeps the same FAKETIME, so that its clock and
+        # that of every gpg the test runs agree, but with the multi-threaded library: the
+        # wrapper's single-threaded one aborts a threaded Python in take_gil.
+        return {"LD_PRELOAD": str(libs[0]), "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    if not libs:
+        raise AssertionError("libfaketime is missing: apt-get install faketime (make test does)")
+    # To the microsecond (libfaketime reads the fraction): a stamp cut to the second would
+    # start a child up to a second before the one that ran just before it ended.
+    stamp = when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    # TZ=UTC: libfaketime reads an absolute time in the local zone. The monotonic clock stays
+    # real: faked, it makes timed waits (threading.Event.wait, select) misjudge their timeouts.
+    return {"LD_PRELOAD": str(libs[0]), "FAKETIME": f"@{stamp}", "TZ": "UTC",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+_TEST_TIME = dt.datetime.min  # stands for "the test clock's time now" (``TEST_CLOCK``)
+
+
 def cli(config: Path, *args: str, input: bytes | None = None, env: dict[str, str] | None = None,
-        timeout: float = 120, faketime: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m seclistd --config CONFIG ARGS…` (under `faketime -f OFFSET` if given)
-    and capture its output."""
+        timeout: float = 120, at: dt.datetime | None = _TEST_TIME,
+        ) -> subprocess.CompletedProcess[str]:
+    """Run `python -m seclistd --config CONFIG ARGS…` with its clock started at ``at`` (the
+    test clock's time unless named) and capture its output."""
     import sys
 
-    prefix = ["faketime", "-f", faketime] if faketime else []
-    proc = subprocess.run([*prefix, sys.executable, "-m", "seclistd", "--config", str(config),
+    clock_env = faketime_env(TEST_CLOCK.now() if at is _TEST_TIME else at)
+    proc = subprocess.run([sys.executable, "-m", "seclistd", "--config", str(config),
                            *args],
                           input=input if input is not None else b"", capture_output=True,
                           timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **clock_env, **(env or {})})
     return subprocess.CompletedProcess(proc.args, proc.returncode,
                                        proc.stdout.decode("utf-8", "replace"),
                                        proc.stderr.decode("utf-8", "replace"))
 
 
-def start_daemon(config: Path, log: Path, wait: bool = False) -> subprocess.Popen[bytes]:
-    """`seclistd run` in the background; with ``wait``, return once it says it runs."""
+def start_daemon(config: Path, log: Path, wait: bool = False,
+                 at: dt.datetime | None = _TEST_TIME,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`seclistd run` in the background, its clock started at ``at``; with ``wait``, return
+    once it says it runs."""
     import sys
 
     start = log.stat().st_size if log.exists() else 0
+    clock_env = faketime_env(TEST_CLOCK.now() if at is _TEST_TIME else at)
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "seclistd", "--config", str(config),
-                                 "run"], stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        proc = subprocess.Popen([sys.executable, "-m", "seclistd", "--config",
+                                 str(config), "run"], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=out, env={**os.environ, **clock_env, **(env or {})})
     if wait:
         wait_for(lambda: b"seclistd running" in log.read_bytes()[start:], timeout=60,
                  what="the daemon to start")

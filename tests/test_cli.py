@@ -3,10 +3,11 @@ list/show/release, unknown IDs and bad arguments with one clear line and the rig
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
-from tests.components import Sink, cli, report
+from tests.components import CLOCK, Sink, case_id, cli, report
 from tests.conftest import Env, make_env
 
 CASE_FIELDS = {"id", "state", "resolution", "subject", "reporter", "handler", "received_at",
@@ -15,13 +16,13 @@ CASE_FIELDS = {"id", "state", "resolution", "subject", "reporter", "handler", "r
 
 def test_ingest_stdin_then_list_and_show_with_contract_fields(env: Env):
     done = cli(env.path, "ingest", "-", input=report(1))
-    assert done.returncode == 0 and "new case SEC-2026-0001" in done.stdout
+    assert done.returncode == 0 and f"new case {case_id(1)}" in done.stdout
     listed = json.loads(cli(env.path, "cases", "list", "--json").stdout)
-    assert [c["id"] for c in listed] == ["SEC-2026-0001"]
+    assert [c["id"] for c in listed] == [case_id(1)]
     assert set(listed[0]) == CASE_FIELDS
     assert json.loads(cli(env.path, "cases", "list", "--state", "closed", "--json").stdout) == []
 
-    shown = json.loads(cli(env.path, "cases", "show", "SEC-2026-0001", "--json").stdout)
+    shown = json.loads(cli(env.path, "cases", "show", case_id(1), "--json").stdout)
     assert set(shown) >= CASE_FIELDS | {"missing_information", "messages", "events",
                                         "announcement"}
     assert set(shown["announcement"]) == {"until", "recipients"}
@@ -29,8 +30,12 @@ def test_ingest_stdin_then_list_and_show_with_contract_fields(env: Env):
         assert {"direction", "from", "to", "subject", "at", "text"} <= set(message)
     for event in shown["events"]:
         assert set(event) == {"at", "actor", "action", "from_state", "to_state", "detail"}
-    assert shown["received_at"].endswith("-05:00")  # ISO 8601 with offset, project zone
-    text = cli(env.path, "cases", "show", "SEC-2026-0001")
+    # ISO 8601 with the offset the project's zone has at the CLI's clock.
+    offset = CLOCK.astimezone(env.settings.project.tz).isoformat()[-6:]
+    assert dt.datetime.fromisoformat(shown["received_at"]).utcoffset() == \
+        CLOCK.astimezone(env.settings.project.tz).utcoffset()
+    assert shown["received_at"].endswith(offset)
+    text = cli(env.path, "cases", "show", case_id(1))
     assert "buffer overflow" in text.stdout
 
 
@@ -39,10 +44,11 @@ def test_status_fields(env: Env):
     cli(env.path, "ingest", "-", input=b"garbage\r\n")
     doc = json.loads(cli(env.path, "status", "--json").stdout)
     assert set(doc) == {"messages_total", "quarantined", "cases_by_state", "outbox_by_status",
-                        "sla_at_risk", "last_imap_pass"}
+                        "sla_at_risk", "last_imap_pass", "sweep_failures"}
+    assert doc["sweep_failures"] == []
     assert doc["messages_total"] == 2 and doc["quarantined"] == 1
     assert doc["cases_by_state"]["new"] == 1
-    assert doc["outbox_by_status"]["pending"] == 2
+    assert doc["outbox_by_status"]["pending"] == 3  # receipt, team notice, quarantine notice
 
 
 def test_quarantine_list_show_release(tmp_path: Path, sink: Sink):
@@ -56,7 +62,7 @@ def test_quarantine_list_show_release(tmp_path: Path, sink: Sink):
 
     released = cli(env.path, "quarantine", "release", str(row["id"]))
     assert released.returncode == 0, released.stderr
-    assert "SEC-2026-0001" in released.stdout
+    assert case_id(1) in released.stdout
     assert json.loads(cli(env.path, "quarantine", "list", "--json").stdout) == []
     again = cli(env.path, "quarantine", "release", str(row["id"]))
     assert again.returncode == 1 and "no quarantined message" in again.stderr
@@ -69,7 +75,7 @@ def test_quarantine_list_show_release(tmp_path: Path, sink: Sink):
 
 def test_operator_mistakes_get_one_line_and_the_documented_code(env: Env, tmp_path: Path):
     checks = [
-        (("cases", "show", "SEC-2026-0042"), 1, "no case SEC-2026-0042"),
+        (("cases", "show", case_id(42)), 1, f"no case {case_id(42)}"),
         (("cases", "list", "--state", "open"), 2, "unknown state 'open'"),
         (("outbox", "retry", "77"), 1, "no outbox row 77"),
         (("outbox", "retry", "abc"), 2, "is not an ID"),
@@ -99,7 +105,9 @@ def test_doctor_reports_each_check(tmp_path: Path, sink: Sink):
     done = cli(env.path, "doctor", "--json")
     results = {r["check"]: r for r in json.loads(done.stdout)}
     assert results["database"]["ok"] and results["relay"]["ok"] and results["imap"]["ok"]
-    assert not results["gnupg"]["ok"] and "create it" in results["gnupg"]["detail"]
+    # No GnuPG home yet: the one command that makes the check pass.
+    assert not results["gnupg"]["ok"]
+    assert f"seclistd --config {env.path} keys generate" in results["gnupg"]["detail"]
     assert done.returncode == 1
     sink.stop()
     down = json.loads(cli(env.path, "doctor", "--json").stdout)

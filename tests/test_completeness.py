@@ -17,7 +17,7 @@ Please credit me as Jane Doe (GitHub @janedoe)."""
 def test_a_complete_report_lacks_nothing_and_a_bare_one_lacks_everything():
     assert c.missing(FULL, []) == []
     assert c.missing("your app is broken", []) == [
-        c.DESCRIPTION, c.VERSIONS, c.REPRODUCTION, c.ATTACK_SURFACE, c.THIRD_PARTY, c.CREDIT]
+        c.DESCRIPTION, c.VERSIONS, c.REPRODUCTION, c.ATTACK_SURFACE, c.THIRD_PARTY]
 
 
 def test_an_attached_proof_of_concept_counts_as_reproduction():
@@ -32,3 +32,19 @@ def test_credit_wishes():
     assert c.credit("I prefer to stay anonymous.", "Rita") == c.Credit(name="", github=None)
     assert c.credit("curl -F f=@poc.cfg http://x", "Rita") is None  # a file, not a handle
     assert c.credit("Thanks!", "Rita") is None
+
+
+def test_how_to_be_credited_is_not_a_requirement():
+    # The credit wish is an optional question of the receipt, never missing information.
+    assert c.missing(FULL.replace("Please credit me as Jane Doe (GitHub @janedoe).", ""),
+                     []) == []
+
+
+def test_only_a_stated_wish_counts():
+    # "anonymous" describing the attacker is no wish not to be named.
+    assert c.credit("An anonymous user can upload files and gain admin access.", "Rita") is None
+    assert c.credit("Credit: anonymous", "Rita") == c.Credit(name="", github=None)
+    assert c.credit("Please keep me anonymous.", "Rita") == c.Credit(name="", github=None)
+    assert c.credit("Please credit me.", "Rita") == c.Credit(name="Rita", github=None)
+    # Asked to be credited, but no name to credit: not a wish for anonymity.
+    assert c.credit("Please credit me.", "") is None

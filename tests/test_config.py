@@ -119,3 +119,28 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
     assert config.resolve_path(None) == "/env.toml"
     monkeypatch.delenv("SECLISTD_CONFIG")
     assert config.resolve_path(None) == config.DEFAULT_PATH
+
+
+def test_autoreply_flood_limits_are_checked(tmp_path: Path):
+    path = tmp_path / "flood.toml"
+    path.write_text("""
+[project]
+name = "X"
+security_address = "security@example.org"
+[imap]
+enabled = false
+[autoreply]
+max_per_hour = -1
+team_digest_after = "twenty"
+quarantine_digest_after = true
+""")
+    done = cli(path, "check-config")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 3, lines
+    assert f"{path}: autoreply.max_per_hour: -1 is out of range, expected an integer >= 0" \
+        in lines
+    assert any(line.startswith(f"{path}: autoreply.team_digest_after: 'twenty' is not a whole")
+               for line in lines)
+    assert any(line.startswith(f"{path}: autoreply.quarantine_digest_after: True is not")
+               for line in lines)

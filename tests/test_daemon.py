@@ -12,7 +12,18 @@ import pytest
 from sqlalchemy import func, select
 
 from seclistd.models import Case
-from tests.components import Sink, cli, free_port, report, start_daemon, wait_for, wait_port
+from tests.components import (
+    TEST_CLOCK,
+    Sink,
+    case_id,
+    cli,
+    faketime_env,
+    free_port,
+    report,
+    start_daemon,
+    wait_for,
+    wait_port,
+)
 from tests.conftest import make_env
 
 
@@ -40,7 +51,7 @@ def test_listener_answers_after_commit_and_receipt_goes_out(tmp_path: Path, sink
                                 report(2, body="x" * 100_000))
             assert "552" in str(too_big.value) or "size" in str(too_big.value).lower()
         [receipt] = wait_for(lambda: sink.to("reporter1@example.net"), what="receipt")
-        assert receipt.message["Subject"].startswith("[SEC-2026-0001]")
+        assert receipt.message["Subject"].startswith(f"[{case_id(1)}]")
         assert receipt.message["Auto-Submitted"] == "auto-replied"
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -87,9 +98,10 @@ def test_tells_systemd_ready_and_stopping(tmp_path: Path, sink: Sink):
     with open(tmp_path / "daemon.log", "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "seclistd", "--config", str(env.path),
                                  "run"], stdout=log, stderr=log,
-                                env={**os.environ, "NOTIFY_SOCKET": str(path),
-                                     "WATCHDOG_USEC": "400000"})
+                                env={**os.environ, **faketime_env(TEST_CLOCK.now()),
+                                     "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000"})
     try:
+        # A watchdog period of 1 ms: a WATCHDOG sent before READY would come first.
         assert notify.recv(256) == b"READY=1"
         assert notify.recv(256) == b"WATCHDOG=1"  # every WATCHDOG_USEC / 2
     finally:

@@ -60,8 +60,13 @@ def generated() -> list[tuple[str, bytes]]:
         msg("bad-charset", headers=b"Content-Type: text/plain; charset=x-no-such-charset\r\n",
             body=b"\xff\xfe\xfd caf\xe9\r\n"),
         msg("bad-encoded-word", subject=b"=?x-unknown?q?caf=E9?= =?utf-8?b?!!!notbase64?="),
-        msg("crlf-subject", subject=b"=?utf-8?q?x=0D=0ABcc:_evil@x.example?="),
-        msg("crlf-from-name", headers=b""),
+        # Encoded words that decode to CR LF and a header (CVE-2024-6923), each from a sender
+        # of its own so that each gets a receipt whose headers are checked below.
+        ("crlf-subject", b"From: sub@example.net\r\nMessage-ID: <crlf-subject@example.net>\r\n"
+                         b"Subject: =?utf-8?q?x=0D=0ABcc:_evil@x.example=0D=0AX-Evil:_1?=\r\n"
+                         b"\r\nbody\r\n"),
+        ("crlf-from-name", b"From: =?utf-8?q?Eve=0D=0AX-Evil:_1?= <eve2@example.net>\r\n"
+                           b"Subject: hi\r\n\r\nbody\r\n"),
         ("crlf-in-from", b"From: =?utf-8?q?Eve=0D=0ABcc:_x@y.example?= <eve@example.net>\r\n"
                          b"Subject: hi\r\n\r\nbody\r\n"),
         ("bare-lf", b"From: lf@example.net\nSubject: bare LF\nTo: security@example.org\n\nbody\n"),
@@ -129,7 +134,13 @@ def test_hostile_corpus(tmp_path: Path):
     sent = [message_from_bytes(box.get_bytes(key), policy=policy.default)
             for key in box.iterkeys()]
     assert sent
+    # A sender whose name hides a header cannot be read: quarantined, never answered.
+    for name in ("crlf-in-from", "crlf-from-name"):
+        assert "From header cannot be read" in outcomes[name].reason
+    # The subject that hides headers is answered, and quoted in the answer's subject ...
+    [answer] = [m for m in sent if m["Delivered-To"] == "sub@example.net"]
+    assert answer["Subject"].endswith("x Bcc: evil@x.example X-Evil: 1")
     for m in sent:
-        assert m["Bcc"] is None and m["X-Evil"] is None
+        assert m["Bcc"] is None and m["X-Evil"] is None  # ... and none of them took
         assert "\n" not in (m["Subject"] or "") and "\r" not in (m["Subject"] or "")
         assert not m.defects

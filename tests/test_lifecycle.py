@@ -5,6 +5,7 @@ reminders sent once; completeness, credit and reporter correspondence."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from sqlalchemy import select
@@ -102,8 +103,22 @@ def test_full_life(env: Env, sink: Sink):
                   body=COMPLETE, headers=f"In-Reply-To: {fallback.message['Message-ID']}\r\n"),
            source="ingest", now=at(25, 9))
     c = case(env)
-    assert c.missing_information == [] and c.credit == "Jane Doe"
-    assert c.credit_github == "janedoe" and c.waiting_on == "team"
+    assert c.missing_information == [] and c.waiting_on == "team"
+    # The credit wish came in a plain reply, and a From line proves nothing: it waits for
+    # the one-time code mailed to the reporter's address.
+    assert c.credit is None
+    deliver(env, at(25, 9))
+    [confirmation] = [m for m in new_mail(sink, seen) if "reporter1@example.net" in m.rcpt_tos]
+    code = re.search(r"^Code: ([0-9a-f]{32})\r?$",
+                     confirmation.message.get_body().get_content(), re.M).group(1)
+    accept(env.factory, env.settings,
+           report(3, sender="reporter1@example.net", subject="Re: [SEC-2026-0001] yes",
+                  body=f"Confirm: {code}",
+                  headers=f"In-Reply-To: {confirmation.message['Message-ID']}\r\n"),
+           source="ingest", now=at(25, 9) + dt.timedelta(minutes=5))
+    c = case(env)
+    assert (c.credit, c.credit_github) == ("Jane Doe", "janedoe")
+    seen = len(sink.messages())
 
     act(env, at(25, 10), c.id, "reply", text="Thanks, we reproduced it and are working on a fix.")
     act(env, at(25, 11), c.id, "confirm", versions="<= 1.4.2",
@@ -120,7 +135,7 @@ def test_full_life(env: Env, sink: Sink):
     assert len(to_reporter) == 2  # the reply and the disclosure; never the comment
     reply, disclosure = (m.message for m in to_reporter)
     assert reply["Auto-Submitted"] is None  # written by a person
-    assert reply["In-Reply-To"] == "<report-2@example.net>"  # threaded on their last mail
+    assert reply["In-Reply-To"] == "<report-3@example.net>"  # threaded on their last mail
     assert "we reproduced it" in reply.get_body().get_content()
     text = disclosure.get_body().get_content()
     assert "Jane Doe (GitHub @janedoe)" in text and "Fixed in 1.4.3" in text
@@ -131,7 +146,11 @@ def test_full_life(env: Env, sink: Sink):
         events = [(e.action, e.from_state, e.to_state) for e in session.get(Case, c.id).events]
     assert events == [
         ("open", None, "new"), ("reminder", "new", "new"), ("reminder", "new", "new"),
-        ("fallback_ack", "new", "acknowledged"), ("information", "acknowledged", "acknowledged"),
+        ("fallback_ack", "new", "acknowledged"),
+        ("change_unverified", "acknowledged", "acknowledged"),
+        ("information", "acknowledged", "acknowledged"),
+        ("reply", "acknowledged", "acknowledged"),
+        ("change_confirmed", "acknowledged", "acknowledged"),
         ("reply", "acknowledged", "acknowledged"), ("reply", "acknowledged", "acknowledged"),
         ("confirm", "acknowledged", "confirmed"), ("comment", "confirmed", "confirmed"),
         ("disclose", "confirmed", "disclosed"), ("close", "disclosed", "closed")]
@@ -184,8 +203,8 @@ def test_illegal_actions_name_the_state_and_what_is_allowed(env: Env):
     with pytest.raises(lifecycle.ActionError, match="not a valid CVSS vector"):
         act(env, T0, "SEC-2026-0001", "ack", text="ok")
         act(env, T0, "SEC-2026-0001", "confirm", cvss="CVSS:3.1/AV:X")
-    with pytest.raises(lifecycle.ActionError, match="is not on the security team"):
-        act(env, T0, "SEC-2026-0001", "assign", email="mallory@example.net")
+    with pytest.raises(lifecycle.ActionError, match="is not a mail address"):
+        act(env, T0, "SEC-2026-0001", "assign", email="mallory at example.net")
     with pytest.raises(lifecycle.ActionError, match="not another case"):
         act(env, T0, "SEC-2026-0001", "duplicate", other="SEC-2026-0001")
     with pytest.raises(lifecycle.UnknownCase):
@@ -234,3 +253,31 @@ def test_embargo_bounds(env: Env):
     act(env, T0, "SEC-2026-0001", "embargo", until=T0 + dt.timedelta(days=9))  # reschedule
     c = case(env)
     assert c.state == "embargoed" and c.embargo_until == T0 + dt.timedelta(days=9)
+
+
+@pytest.mark.parametrize("reply_to", [None, "rita.private@example.net"])
+def test_people_answer_from_or_reply_to_and_automatic_mail_goes_to_the_return_path(
+        env: Env, sink: Sink, reply_to: str | None):
+    bounces = "bounces+rita=example.net@lists.example.com"
+    extra = f"Return-Path: <{bounces}>\r\n"
+    if reply_to:
+        extra += f"Reply-To: Rita <{reply_to}>\r\n"
+    accept(env.factory, env.settings, report(1, sender="rita@example.net", body=COMPLETE,
+                                              headers=extra), source="ingest", now=T0)
+    person = reply_to or "rita@example.net"
+    sweep(env, at(25, 0))  # past the deadline: the fallback acknowledgment
+    act(env, at(25, 9), "SEC-2026-0001", "reply", text="We reproduced it.")
+    act(env, at(25, 10), "SEC-2026-0001", "confirm")
+    act(env, at(25, 11), "SEC-2026-0001", "disclose", text="Fixed in 1.4.3.")
+    accept(env.factory, env.settings, report(2, sender="sam@example.net", headers=extra),
+           source="ingest", now=T0)
+    act(env, T0, "SEC-2026-0002", "ack", text="Thanks, looking.")
+    act(env, T0, "SEC-2026-0002", "reject", text="Works as designed.")
+    with env.factory() as session:
+        sent = [(row.kind, row.to_addr) for row in session.scalars(
+            select(Outbox).where(Outbox.kind.not_in(
+                ("team_new_case", "reminder", "deadline_missed"))).order_by(Outbox.id))]
+    assert sent == [("receipt", bounces), ("fallback_ack", bounces), ("reply", person),
+                    ("disclose", person), ("receipt", bounces),
+                    ("ack", reply_to or "sam@example.net"),
+                    ("reject", reply_to or "sam@example.net")]

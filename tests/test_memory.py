@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from seclistd.mail.parse import elide_bulk
 from seclistd.models import Message
+from tests.components import TEST_CLOCK, case_id, faketime_env
 from tests.conftest import Env
 
 LIMIT_MB = 250
@@ -43,10 +44,11 @@ def test_20mb_message_within_memory_bound(env: Env, tmp_path: Path):
     out = subprocess.run(
         [sys.executable, "-c", wrapper, sys.executable, "-m", "seclistd", "--config",
          str(env.path), "--json", "ingest", str(tmp_path / "big.eml")],
-        capture_output=True, text=True, check=True).stdout.splitlines()
+        capture_output=True, text=True, check=True,
+        env={**os.environ, **faketime_env(TEST_CLOCK.now())}).stdout.splitlines()
     peak_mb, code, result = int(out[0]), int(out[1]), "\n".join(out[2:])
     assert code == 0, result
-    assert json.loads(result)[0]["case_id"] == "SEC-2026-0001"
+    assert json.loads(result)[0]["case_id"] == case_id(1)
     assert peak_mb < LIMIT_MB, f"peak RSS {peak_mb} MB"
     with env.factory() as session:
         stored = session.scalar(select(Message))

@@ -4,11 +4,15 @@ names; each forgery must leave the case untouched."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -20,8 +24,16 @@ from seclistd import config, daemon, db
 from seclistd.crypto import CryptoError, keyring_for
 from seclistd.intake.store import accept
 from seclistd.models import Case, Event, HonouredSignature, Message, Outbox
-from tests.components import Sink, cli, report, write_config
-from tests.pgp import Home, encrypted_mail, entity, new_home, signed_mail, with_key_attached
+from tests.components import MACHINE_CLOCK, Sink, case_id, cli, faketime_env, report, write_config
+from tests.pgp import (
+    Home,
+    crlf,
+    encrypted_mail,
+    entity,
+    new_home,
+    signed_mail,
+    with_key_attached,
+)
 
 ALICE = "alice@example.org"
 REPORTER = "rita@example.net"
@@ -29,12 +41,15 @@ REPORT_TEXT = ("The parser in version 1.4.2 overflows a heap buffer; a remote at
                "execute code.\nSteps: send poc.cfg.\nCredit: Rita Reporter")
 
 
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 @dataclasses.dataclass
 class World:
+    """Real gpg homes for the project, a team member, the reporter and an attacker.
+
+    gpg stamps keys and signatures with the machine's clock, and the signature rules compare
+    them with seclistd's ``now``: so this world's clock is the machine's, read once when the
+    world is made (``start``) and run on from there by the monotonic clock, and every
+    expected case ID is derived from it (``case_id``)."""
+
     tmp: Path
     path: Path
     settings: config.Settings
@@ -48,28 +63,41 @@ class World:
     reporter_fpr: str
     mallory: Home
     mallory_fpr: str
+    start: dt.datetime = dataclasses.field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    ticks: float = dataclasses.field(default_factory=time.monotonic)
 
-    def ingest(self, raw: bytes):
-        return accept(self.factory, self.settings, raw, source="ingest", now=now())
+    def now(self) -> dt.datetime:
+        return self.start + dt.timedelta(seconds=time.monotonic() - self.ticks)
+
+    def case_id(self, n: int = 1) -> str:
+        return case_id(n, self.start)
+
+    def ingest(self, raw: bytes, at: dt.datetime | None = None):
+        return accept(self.factory, self.settings, raw, source="ingest", now=at or self.now())
 
     def deliver(self) -> None:
-        daemon.drain_relay(self.settings, self.factory, now)
+        daemon.drain_relay(self.settings, self.factory, self.now)
 
-    def case(self, case_id: str = "SEC-2026-0001") -> Case:
-        with self.factory() as session:
-            return session.get(Case, case_id)
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The CLI on this world's clock (the machine's: see the class)."""
+        return cli(self.path, *args, at=MACHINE_CLOCK)
 
-    def events(self, case_id: str = "SEC-2026-0001") -> list[Event]:
+    def case(self, case_id: str | None = None) -> Case:
         with self.factory() as session:
-            return list(session.get(Case, case_id).events)
+            return session.get(Case, case_id or self.case_id(1))
+
+    def events(self, case_id: str | None = None) -> list[Event]:
+        with self.factory() as session:
+            return list(session.get(Case, case_id or self.case_id(1)).events)
 
     def open_case(self) -> str:
         outcome = self.ingest(report(1, sender=REPORTER, body=REPORT_TEXT))
         return outcome.case_id
 
 
-@pytest.fixture
-def world(tmp_path: Path, sink: Sink) -> Iterator[World]:
+@contextlib.contextmanager
+def make_world(tmp_path: Path, sink: Sink, db_url: str | None = None,
+               team: tuple[str, ...] = (ALICE,)) -> Iterator[World]:
     project, alice, reporter, mallory = (new_home() for _ in range(4))
     try:
         project_fpr = project.generate("Example security team", "security@example.org")
@@ -80,17 +108,25 @@ def world(tmp_path: Path, sink: Sink) -> Iterator[World]:
         project.gpg.import_keys(alice.export(alice_fpr))
         for home in (alice, reporter, mallory):
             home.gpg.import_keys(project.export(project_fpr))
-        path = write_config(tmp_path, relay_port=sink.port, team=[ALICE],
+        path = write_config(tmp_path, db_url=db_url, relay_port=sink.port, team=list(team),
                             gnupg_home=project.path, gnupg_key=project_fpr,
                             fingerprints={ALICE: alice_fpr})
         settings = config.load(str(path))
         db.migrate(settings.database.url)
-        factory = db.session_factory(db.make_engine(settings.database.url))
+        engine = db.make_engine(settings.database.url)
+        factory = db.session_factory(engine)
         yield World(tmp_path, path, settings, factory, sink, project, project_fpr, alice,
                     alice_fpr, reporter, reporter_fpr, mallory, mallory_fpr)
+        engine.dispose()
     finally:
         for home in (project, alice, reporter, mallory):
             home.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path, sink: Sink) -> Iterator[World]:
+    with make_world(tmp_path, sink) as w:
+        yield w
 
 
 # -- encrypted reports ---------------------------------------------------------------------
@@ -116,7 +152,7 @@ def test_encrypted_report_with_attached_key_gets_an_answer_only_the_reporter_can
     armored_reply = msg.get_payload()[1].get_payload(decode=True)
     ok, plain = world.reporter.decrypt(armored_reply)
     assert ok and b"automatic confirmation" in plain
-    assert b"Subject: [SEC-2026-0001] Vulnerability report" in plain
+    assert f"Subject: [{world.case_id(1)}] Vulnerability report".encode() in plain
     assert not world.mallory.decrypt(armored_reply)[0]
     signed = world.reporter.gpg.decrypt(armored_reply)  # signed by the project key
     assert signed.valid and signed.pubkey_fingerprint == world.project_fpr
@@ -165,14 +201,14 @@ def test_undecryptable_report_is_kept_and_its_answer_held_until_a_key_is_known(w
     assert "could not" in text or "cannot decrypt" in text
     world.deliver()
     assert world.sink.to(REPORTER) == []  # never in plaintext to someone who wrote encrypted
-    listing = json.loads(cli(world.path, "--json", "outbox", "list", "--status", "held").stdout)
+    listing = json.loads(world.cli("--json", "outbox", "list", "--status", "held").stdout)
     [held] = listing
     assert "keys import" in held["last_error"]
     # The operator imports the reporter's key and retries: it is pinned and goes out sealed.
     key_file = world.tmp / "rita.asc"
     key_file.write_bytes(world.reporter.export(world.reporter_fpr))
-    assert cli(world.path, "keys", "import", str(key_file)).returncode == 0
-    assert cli(world.path, "outbox", "retry", str(held["id"])).returncode == 0
+    assert world.cli("keys", "import", str(key_file)).returncode == 0
+    assert world.cli("outbox", "retry", str(held["id"])).returncode == 0
     world.deliver()
     [receipt] = world.sink.to(REPORTER)
     assert receipt.message.get_content_type() == "multipart/encrypted"
@@ -193,7 +229,8 @@ def test_decompression_bomb_is_quarantined_within_bounded_memory(world: World):
     out = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "seclistd",
                           "--config", str(world.path), "--json", "ingest",
                           str(world.tmp / "bomb.eml")], capture_output=True, text=True,
-                         check=True).stdout.split("\n", 1)
+                         check=True, env={**os.environ, **faketime_env(MACHINE_CLOCK)},
+                         ).stdout.split("\n", 1)
     peak_mb, result = int(out[0]), json.loads(out[1])
     assert result[0]["status"] == "quarantined"
     assert "limits.max_decrypted_bytes" in result[0]["reason"]
@@ -258,7 +295,7 @@ def test_signed_then_encrypted_command(world: World):
 def test_all_keywords_or_none(world: World):
     case_id = world.open_case()
     raw = signed_by(world, world.alice, world.alice_fpr,
-                    command(case_id, "X-ACK", "X-DUPLICATE: SEC-2026-0999"))
+                    command(case_id, "X-ACK", f"X-DUPLICATE: {world.case_id(999)}"))
     world.ingest(raw)
     case = world.case(case_id)
     assert case.state == "new" and case.acknowledged_at is None
@@ -332,8 +369,10 @@ def test_forgeries_leave_the_case_untouched(world: World, name: str):
         before.state, before.handler, before.acknowledged_at, before.resolution)
     refusals = [e for e in world.events() if e.action == "command_refused"]
     assert len(refusals) == 1 and rule in refusals[0].detail, [e.detail for e in refusals]
+    # Only Alice's own good signature (over harmless text) is spent by its refusal.
     with world.factory() as session:
-        assert session.scalar(select(func.count()).select_from(HonouredSignature)) == 0
+        assert session.scalar(select(func.count()).select_from(HonouredSignature)) == (
+            1 if name == "outside the signature" else 0)
 
 
 def _team_key_world(world: World, fpr: str) -> World:
@@ -388,7 +427,7 @@ def test_replays_are_refused(world: World):
     world.ingest(replay)
     assert world.case(second).handler is None
     refusals = [e for e in world.events(first) if e.action == "command_refused"]
-    assert len(refusals) == 1 and "already honoured" in refusals[0].detail
+    assert len(refusals) == 1 and "already used once" in refusals[0].detail
     with world.factory() as session:
         assert session.scalar(select(func.count()).select_from(HonouredSignature)) == 1
 
@@ -397,30 +436,281 @@ def test_replays_are_refused(world: World):
 
 def test_keys_commands(tmp_path: Path):
     home = new_home()
+    path = write_config(tmp_path, gnupg_home=home.path)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        # The machine's clock, as gpg's: Bob's key below is made now, and a keyring on a
+        # clock days behind would find it made in the future.
+        return cli(path, *args, at=MACHINE_CLOCK)
+
     try:
-        path = write_config(tmp_path, gnupg_home=home.path)
-        generated = cli(path, "--json", "keys", "generate")
+        generated = run("--json", "keys", "generate")
         assert generated.returncode == 0, generated.stderr
         fpr = json.loads(generated.stdout)["fingerprint"]
-        again = cli(path, "keys", "generate")
+        again = run("keys", "generate")
         assert again.returncode == 1 and "exists already" in again.stderr
-        listed = json.loads(cli(path, "--json", "keys", "list").stdout)
+        listed = json.loads(run("--json", "keys", "list").stdout)
         assert [(k["fingerprint"], k["secret"]) for k in listed] == [(fpr, True)]
-        exported = cli(path, "keys", "export", fpr)
+        exported = run("keys", "export", fpr)
         assert exported.stdout.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
-        missing = cli(path, "keys", "export")
-        assert missing.returncode == 2 and "set gnupg.key" in missing.stderr
+        project = run("keys", "export")  # the generated key, with no config edit
+        assert project.returncode == 0 and project.stdout == exported.stdout
         other = new_home()
         try:
             other_fpr = other.generate("Bob", "bob@example.org")
             (tmp_path / "bob.asc").write_bytes(other.export(other_fpr))
         finally:
             other.close()
-        imported = json.loads(cli(path, "--json", "keys", "import",
-                                  str(tmp_path / "bob.asc")).stdout)
+        imported = json.loads(run("--json", "keys", "import", str(tmp_path / "bob.asc")).stdout)
         assert imported == {"imported": [other_fpr]}
         junk = tmp_path / "junk.asc"
         junk.write_text("not a key")
-        assert cli(path, "keys", "import", str(junk)).returncode == 1
+        assert run("keys", "import", str(junk)).returncode == 1
     finally:
         home.close()
+
+
+# -- every rule of a signed command, each on its own ---------------------------------------
+
+BOB = "bob@example.org"
+
+
+def _refusals(world: World, case_id: str) -> list[str]:
+    return [e.detail for e in world.events(case_id) if e.action == "command_refused"]
+
+
+def _untouched(world: World, case_id: str) -> None:
+    case = world.case(case_id)
+    assert (case.state, case.handler, case.acknowledged_at) == ("new", None, None)
+    assert "command" not in [e.action for e in world.events(case_id)]
+
+
+@pytest.mark.parametrize(("age", "rule"), [
+    (dt.timedelta(days=31), "older than 30 days"),
+    (-dt.timedelta(hours=2), "in the future"),
+])
+def test_signature_too_old_or_from_the_future(world: World, age: dt.timedelta, rule: str):
+    case_id = world.open_case()
+    raw = signed_by(world, world.alice, world.alice_fpr, command(case_id, "X-ACK"))
+    # The signature is made now; seclistd reads the mail 31 days later, or 2 hours earlier.
+    world.ingest(raw, at=world.now() + age)
+    _untouched(world, case_id)
+    [refusal] = _refusals(world, case_id)
+    assert rule in refusal
+
+
+def test_signature_at_the_edges_of_its_window_counts(world: World):
+    case_id = world.open_case()
+    raw = signed_by(world, world.alice, world.alice_fpr, command(case_id, "X-ACK"))
+    world.ingest(raw, at=world.now() + dt.timedelta(days=29))
+    assert world.case(case_id).state == "acknowledged"
+
+
+def test_x_case_naming_no_case(world: World):
+    case_id = world.open_case()
+    ghost = world.case_id(999)
+    world.ingest(signed_by(world, world.alice, world.alice_fpr, command(ghost, "X-ACK"),
+                           subject=f"[{case_id}] ack"))
+    _untouched(world, case_id)
+    [refusal] = _refusals(world, case_id)  # recorded on the case the subject names
+    assert f"X-CASE names {ghost}, which is not a case" in refusal
+
+
+def test_team_member_without_a_fingerprint(world: World):
+    path = write_config(world.tmp, relay_port=world.sink.port, team=[ALICE],
+                        gnupg_home=world.project.path, gnupg_key=world.project_fpr)
+    w = dataclasses.replace(world, settings=config.load(str(path)))
+    case_id = w.open_case()
+    w.ingest(signed_by(w, w.alice, w.alice_fpr, command(case_id, "X-ACK")))
+    _untouched(w, case_id)
+    [refusal] = _refusals(w, case_id)
+    assert "no key on record" in refusal
+
+
+@pytest.mark.parametrize(("lines", "rule"), [
+    (("X-FROBNICATE",), "unknown keyword X-FROBNICATE"),
+    ((), "X-CASE but no action keyword"),
+])
+def test_unknown_keyword_or_no_action(world: World, lines: tuple[str, ...], rule: str):
+    case_id = world.open_case()
+    world.ingest(signed_by(world, world.alice, world.alice_fpr, command(case_id, *lines)))
+    _untouched(world, case_id)
+    [refusal] = _refusals(world, case_id)
+    assert rule in refusal
+
+
+def test_refusal_mails_are_capped_per_sender(world: World):
+    case_id = world.open_case()
+    limit = world.settings.autoreply.max_per_sender_per_day
+    for i in range(limit + 3):
+        world.ingest((f"From: {ALICE}\r\nTo: security@example.org\r\nSubject: [{case_id}] x\r\n"
+                      f"Message-ID: <forged-{i}@example.org>\r\n\r\n"
+                      f"X-CASE: {case_id}\nX-ACK\n").encode())
+    _untouched(world, case_id)
+    assert len(_refusals(world, case_id)) == limit + 3  # every attempt is on the record
+    with world.factory() as session:
+        mails = session.scalar(select(func.count()).select_from(Outbox).where(
+            Outbox.kind == "command_refused"))
+    assert mails == limit  # but the sender hears of the first ones only
+
+
+def test_signed_and_encrypted_in_one_openpgp_message(world: World):
+    case_id = world.open_case()
+    armored = world.alice.encrypt(entity(command(case_id, "X-ACK")), world.project_fpr,
+                                  sign_fpr=world.alice_fpr)
+    outcome = world.ingest(encrypted_mail(ALICE, "cmd", armored))
+    assert outcome.route == "command"
+    assert world.case(case_id).state == "acknowledged"
+    # The same, signed by an attacker's key: refused, whatever From says.
+    second = world.ingest(report(2, sender="other@example.net")).case_id
+    world.mallory.gpg.import_keys(world.project.export(world.project_fpr))
+    forged = world.mallory.encrypt(entity(command(second, "X-ACK")), world.project_fpr,
+                                   sign_fpr=world.mallory_fpr)
+    world.ingest(encrypted_mail(ALICE, "cmd", forged))
+    assert world.case(second).state == "new"
+    assert _refusals(world, second)
+
+
+def test_stray_keyword_outside_the_signed_part_is_ignored(world: World):
+    case_id = world.open_case()
+    signed = entity(command(case_id, "X-ASSIGN: alice@example.org"))
+    raw = signed_mail(ALICE, "x", signed, world.alice.sign(signed, world.alice_fpr),
+                      preamble="X-REJECT\n", epilogue="\nX-DUPLICATE: " + world.case_id(2))
+    world.ingest(raw)
+    case = world.case(case_id)
+    assert case.handler == ALICE  # the signed command was carried out
+    assert case.state == "new" and case.resolution is None  # the stray ones were not
+
+
+def test_command_signed_by_another_team_members_key(world: World):
+    bob = new_home()
+    try:
+        bob_fpr = bob.generate("Bob", BOB)
+        world.project.gpg.import_keys(bob.export(bob_fpr))
+        path = write_config(world.tmp, relay_port=world.sink.port, team=[ALICE, BOB],
+                            gnupg_home=world.project.path, gnupg_key=world.project_fpr,
+                            fingerprints={ALICE: world.alice_fpr, BOB: bob_fpr})
+        w = dataclasses.replace(world, settings=config.load(str(path)))
+        case_id = w.open_case()
+        signed = entity(command(case_id, "X-ACK"))
+        # From names Alice; the signature is Bob's, a good one by a key on record, not hers.
+        w.ingest(signed_mail(ALICE, "x", signed, bob.sign(signed, bob_fpr)))
+    finally:
+        bob.close()
+    _untouched(w, case_id)
+    [refusal] = _refusals(w, case_id)
+    assert "not by the key on record for the sender" in refusal
+
+
+
+# -- keywords come from the signed text itself (issue 8 item 6) ----------------------------
+
+def _mixed(*parts: bytes, subtype: str = "mixed") -> bytes:
+    boundary = f"b-{uuid.uuid4().hex[:12]}"
+    out = f'Content-Type: multipart/{subtype}; boundary="{boundary}"\r\n\r\n'.encode()
+    for part in parts:
+        out += f"--{boundary}\r\n".encode() + part + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def _forwarded(text: str) -> bytes:
+    return ("Content-Type: message/rfc822\r\nContent-Disposition: attachment\r\n\r\n"
+            f"From: {REPORTER}\r\nTo: security@example.org\r\nSubject: fwd\r\n"
+            "Content-Type: text/plain\r\n\r\n" + crlf(text)).encode()
+
+
+def _text_file(text: str) -> bytes:
+    return ('Content-Type: text/plain; name="cmd.txt"\r\n'
+            'Content-Disposition: attachment; filename="cmd.txt"\r\n\r\n' + crlf(text)).encode()
+
+
+def _signed_command_mail(world: World, signed: bytes, **kw: object) -> bytes:
+    return signed_mail(ALICE, "cmd", signed, world.alice.sign(signed, world.alice_fpr),
+                       **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("where", ["forwarded message", "attached text file",
+                                   "nested multipart"])
+def test_keywords_outside_the_first_direct_text_part_are_not_commands(world: World,
+                                                                       where: str):
+    case_id = world.open_case()
+    hostile = command(case_id, "X-REJECT", text="Not a vulnerability.")
+    part = {"forwarded message": _forwarded(hostile), "attached text file": _text_file(hostile),
+            "nested multipart": _mixed(entity(hostile))}[where]
+    world.ingest(_signed_command_mail(world, _mixed(part)))
+    case = world.case(case_id)
+    assert (case.state, case.resolution) == ("new", None)
+    [refusal] = [e for e in world.events(case_id) if e.action == "command_refused"]
+    assert "must name its case" in refusal.detail
+
+
+def test_the_signers_own_text_acts_and_a_forwarded_command_inside_does_not(world: World):
+    case_id = world.open_case()
+    own = entity(command(case_id, "X-ACK", text="Thanks, we are on it."))
+    signed = _mixed(_forwarded(command(case_id, "X-REJECT", text="Not a bug.")), own)
+    outcome = world.ingest(_signed_command_mail(world, signed))
+    assert outcome.route == "command"
+    case = world.case(case_id)
+    assert (case.state, case.resolution) == ("acknowledged", None)
+
+
+def test_a_signed_multipart_alternative_reads_its_plain_text(world: World):
+    case_id = world.open_case()
+    html = b"Content-Type: text/html\r\n\r\n<p>X-REJECT</p>"
+    signed = _mixed(entity(command(case_id, "X-ACK")), html, subtype="alternative")
+    world.ingest(_signed_command_mail(world, signed))
+    assert world.case(case_id).state == "acknowledged"
+
+
+def test_a_refused_signature_cannot_be_replayed_once_the_case_allows_it(world: World):
+    from seclistd.workflows import lifecycle
+
+    case_id = world.open_case()
+    signed = entity(command(case_id, "X-DISCLOSE", text="Fixed in 1.4.3."))
+    signature = world.alice.sign(signed, world.alice_fpr)
+    world.ingest(signed_mail(ALICE, f"[{case_id}] disclose", signed, signature,
+                             message_id="<disclose-1@example.org>"))
+    assert world.case(case_id).state == "new"
+    # The team moves the case on: disclosure would now be allowed.
+    with db.transaction(world.factory) as session:
+        for request in (lifecycle.Request(action="ack", text="Got it."),
+                        lifecycle.Request(action="confirm")):
+            lifecycle.act(session, world.now(), world.settings, case_id, request, ALICE)
+    # The refused mail again, as a new message: its signature was spent by the refusal.
+    world.ingest(signed_mail(ALICE, f"[{case_id}] disclose", signed, signature,
+                             message_id="<disclose-2@example.org>"))
+    assert world.case(case_id).state == "confirmed"
+    details = [e.detail for e in world.events(case_id) if e.action == "command_refused"]
+    assert len(details) == 2
+    assert "cannot disclose" in details[0] and "already used once" in details[1]
+    with world.factory() as session:
+        [spent] = session.scalars(select(HonouredSignature))
+        assert spent.fingerprint == world.alice_fpr and spent.case_id == case_id
+
+
+# -- who gets what (issue 8 item 7) --------------------------------------------------------
+
+def test_a_member_without_a_key_never_gets_an_encrypted_cases_words(tmp_path: Path,
+                                                                    sink: Sink):
+    bob = "bob@example.org"
+    with make_world(tmp_path, sink, team=(ALICE, bob)) as world:
+        armored = world.reporter.encrypt(REPORT_TEXT.encode(), world.project_fpr)
+        case_id = world.ingest(encrypted_mail(REPORTER, "Heap overflow in the parser",
+                                              armored)).case_id
+        more = world.reporter.encrypt(entity("More: the overflow is in cfg_read()."),
+                                      world.project_fpr)
+        world.ingest(encrypted_mail(REPORTER, f"Re: [{case_id}] more", more))
+        world.deliver()
+
+        to_bob = world.sink.to(bob)
+        assert len(to_bob) == 2  # the new case, and the reporter's second message
+        for mail in to_bob:
+            assert mail.message.get_content_type() == "text/plain"
+            for secret in (b"overflow", b"Heap", b"cfg_read", b"1.4.2"):
+                assert secret not in mail.raw
+            assert f"seclistd cases show {case_id}" in mail.message.get_body().get_content()
+        plains = [world.alice.decrypt(m.message.get_payload()[1].get_payload(decode=True))
+                  for m in world.sink.to(ALICE)]
+        assert len(plains) == 2 and all(ok for ok, _ in plains)
+        assert any(b"overflows a heap buffer" in p for _, p in plains)
+        assert any(b"cfg_read" in p for _, p in plains)

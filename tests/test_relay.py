@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import mailbox
 import ssl
 import subprocess
@@ -20,10 +21,10 @@ from seclistd import daemon, relay
 from seclistd.db import transaction
 from seclistd.intake.store import accept
 from seclistd.models import Outbox
-from tests.components import Sink, cli, free_port, report
+from tests.components import CLOCK, Sink, cli, free_port, report
 from tests.conftest import Env, make_env
 
-T0 = dt.datetime(2026, 11, 19, 15, 0, tzinfo=dt.UTC)
+T0 = CLOCK  # the clock of the CLI and daemons the tests start
 
 
 def rows(env: Env) -> list[Outbox]:
@@ -189,3 +190,16 @@ def test_tls_and_auth(tmp_path: Path, security: str):
             untrusted.send("security@example.org", "someone@example.net", report(3))
     finally:
         controller.stop()
+
+
+def test_doctor_creates_no_maildir_and_the_relay_fills_an_empty_one(tmp_path: Path):
+    env = make_env(tmp_path)  # no relay port: maildir at tmp_path/outgoing
+    outgoing = tmp_path / "outgoing"
+    doctor = cli(env.path, "--json", "doctor")
+    relay_check = next(r for r in json.loads(doctor.stdout) if r["check"] == "relay")
+    assert relay_check["ok"] and "created at the first delivery" in relay_check["detail"]
+    assert not outgoing.exists()  # a read-only command wrote nothing
+    outgoing.mkdir()  # an operator made it by hand, empty
+    accept(env.factory, env.settings, report(1), source="ingest", now=T0)
+    assert drain(env, T0) == 2
+    assert len(list((outgoing / "new").iterdir())) == 2

@@ -1,8 +1,12 @@
 """IMAP intake: IDLE when offered, polling otherwise; move only after commit.
 
-Each pass selects ``imap.folder``, lists its UIDs, stores and processes every message in its
-own transaction (``store.accept``), and only then moves the committed ones to
-``processed_folder`` or ``quarantine_folder`` in one MOVE per chunk. A crash between the
+Each pass selects ``imap.folder``, lists its UIDs and takes them in chunks: it asks for their
+sizes, then fetches the bodies one group (at most ``FETCH_BUDGET`` bytes) at a time, storing
+and processing every message of a group in its own transaction (``store.accept``) before
+fetching the next group. A message larger than ``limits.max_message_bytes`` is never
+fetched: its header alone is, and it is recorded as quarantined from that and its
+``RFC822.SIZE``. Only then are the committed ones moved to ``processed_folder`` or
+``quarantine_folder``, in one MOVE per chunk. A crash between the
 commit and the MOVE leaves the message in the inbox; the next pass finds its (folder,
 UIDVALIDITY, UID) or its Message-ID + SHA-256 already stored and just moves it. When the
 server changes UIDVALIDITY the content hash still recognises what was stored.
@@ -22,7 +26,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from imaplib import IMAP4
 
 from imapclient import IMAPClient, SocketTimeout
 from sqlalchemy import Connection, Engine, select, text
@@ -30,7 +34,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from seclistd.config import ImapSettings, Settings
 from seclistd.db import transaction
-from seclistd.intake.store import ImapLocation, accept
+from seclistd.errors import describe
+from seclistd.intake.store import ImapLocation, Outcome, accept, quarantine_unfetched
 from seclistd.models import DaemonState, Message
 
 log = logging.getLogger(__name__)
@@ -88,44 +93,90 @@ def run_pass(client: IMAPClient, settings: Settings, factory: sessionmaker[Sessi
     info = client.select_folder(s.folder)
     uidvalidity = int(info[b"UIDVALIDITY"])
     uids = sorted(client.search("ALL"))
+    stop = stop or threading.Event()
     stored_new = 0
     for start in range(0, len(uids), CHUNK):
-        chunk = uids[start:start + CHUNK]
-        done: dict[str, list[int]] = {s.processed_folder: [], s.quarantine_folder: []}
-        with transaction(factory) as session:
-            known = known_uids(session, s.folder, uidvalidity, chunk)
-        for uid, status in known.items():
-            done[s.quarantine_folder if status == "quarantined" else s.processed_folder].append(uid)
-        wanted = [u for u in chunk if u not in known]
-        fetched: dict[int, Any] = {}
-        if wanted:
-            sizes = {uid: int(item.get(b"RFC822.SIZE", 0))
-                     for uid, item in client.fetch(wanted, ["RFC822.SIZE"]).items()}
-            for group in by_budget(wanted, sizes, FETCH_BUDGET):
-                fetched.update(client.fetch(group, ["BODY.PEEK[]"]))
-        for uid in wanted:
-            if stop is not None and stop.is_set():
-                break
-            item = fetched.get(uid)
-            raw = item.get(b"BODY[]") if item else None
-            if raw is None:
-                continue  # expunged meanwhile, or the server did not return it
-            outcome = accept(factory, settings, raw, source="imap", now=clock(),
-                             imap=ImapLocation(s.folder, uidvalidity, uid))
-            if not outcome.duplicate:
-                stored_new += 1
-                on_commit()
-            target = s.quarantine_folder if outcome.status == "quarantined" else s.processed_folder
-            done[target].append(uid)
-        for folder, moved in done.items():
-            move(client, moved, folder)
-        if stop is not None and stop.is_set():
+        stored_new += take_chunk(client, settings, factory, clock, uidvalidity,
+                                 uids[start:start + CHUNK], stop, on_commit)
+        if stop.is_set():
             break
     with transaction(factory) as session:
         now = clock()
         set_state(session, "last_imap_pass", now.isoformat(), now)
         set_state(session, "imap_uidvalidity", str(uidvalidity), now)
     return stored_new
+
+
+def take_chunk(client: IMAPClient, settings: Settings, factory: sessionmaker[Session],
+               clock: Callable[[], dt.datetime], uidvalidity: int, chunk: list[int],
+               stop: threading.Event, on_commit: Callable[[], None]) -> int:
+    """Store and process one chunk of UIDs, then move them; how many were new."""
+    s = settings.imap
+    done: dict[str, list[int]] = {s.processed_folder: [], s.quarantine_folder: []}
+    stored_new = 0
+
+    def settled(uid: int, outcome: Outcome) -> None:
+        nonlocal stored_new
+        if not outcome.duplicate:
+            stored_new += 1
+            on_commit()
+        done[s.quarantine_folder if outcome.status == "quarantined"
+             else s.processed_folder].append(uid)
+
+    with transaction(factory) as session:
+        known = known_uids(session, s.folder, uidvalidity, chunk)
+    for uid, status in known.items():
+        done[s.quarantine_folder if status == "quarantined" else s.processed_folder].append(uid)
+    wanted = [u for u in chunk if u not in known]
+    sizes = ({uid: int(item.get(b"RFC822.SIZE", 0))
+              for uid, item in client.fetch(wanted, ["RFC822.SIZE"]).items()}
+             if wanted else {})
+    wanted = [u for u in wanted if u in sizes]  # the others were expunged meanwhile
+    limit = settings.limits.max_message_bytes
+    too_big = [u for u in wanted if sizes[u] > limit]
+    if too_big:
+        for uid, outcome in quarantine_too_big(client, settings, factory, clock, uidvalidity,
+                                               too_big, sizes):
+            settled(uid, outcome)
+    # One FETCH group at a time, each stored before the next is asked for: at most one
+    # group's bodies are in memory, and a stop request waits for one message at most.
+    for group in by_budget([u for u in wanted if sizes[u] <= limit], sizes, FETCH_BUDGET):
+        if stop.is_set():
+            break
+        fetched = client.fetch(group, ["BODY.PEEK[]"])
+        for uid in group:
+            if stop.is_set():
+                break
+            item = fetched.pop(uid, None)
+            raw = item.get(b"BODY[]") if item else None
+            if raw is None:
+                continue  # expunged meanwhile, or the server did not return it
+            settled(uid, accept(factory, settings, raw, source="imap", now=clock(),
+                                imap=ImapLocation(s.folder, uidvalidity, uid)))
+    for folder, moved in done.items():
+        move(client, moved, folder)
+    return stored_new
+
+
+def quarantine_too_big(client: IMAPClient, settings: Settings, factory: sessionmaker[Session],
+                       clock: Callable[[], dt.datetime], uidvalidity: int, uids: list[int],
+                       sizes: dict[int, int]) -> list[tuple[int, Outcome]]:
+    """Quarantine messages over ``limits.max_message_bytes`` from their size and header
+    (at most ``limits.max_header_bytes`` of it), never fetching their bodies."""
+    s = settings.imap
+    part = f"BODY.PEEK[HEADER]<0.{settings.limits.max_header_bytes}>"
+    fetched = client.fetch(uids, [part])
+    outcomes = []
+    for uid in uids:
+        item = fetched.get(uid) or {}
+        header = next((v for k, v in item.items()
+                       if k.startswith(b"BODY[HEADER]") and isinstance(v, bytes)), None)
+        if header is None:
+            continue  # expunged meanwhile
+        outcomes.append((uid, quarantine_unfetched(
+            factory, settings, header, sizes[uid], source="imap", now=clock(),
+            imap=ImapLocation(s.folder, uidvalidity, uid))))
+    return outcomes
 
 
 def by_budget(uids: list[int], sizes: dict[int, int], budget: int) -> list[list[int]]:
@@ -190,6 +241,7 @@ class ImapIntake:
         self.stop = stop
         self.on_commit = on_commit
         self.lock = IntakeLock(engine)
+        self.idling = threading.Event()  # set while the server may push new mail (IDLE)
 
     def run(self) -> None:
         s = self.settings.imap
@@ -203,8 +255,12 @@ class ImapIntake:
                 self._session()
                 delay = 1.0
             except Exception as exc:  # noqa: BLE001 - any failure: reconnect with backoff
-                log.warning("IMAP %s:%s: %s: %s; reconnecting in %.0fs", s.host, s.port,
-                            type(exc).__name__, exc, delay)
+                # The server's and the socket's words help the operator; any other error
+                # (the database's) may quote message content: its type and place only.
+                said = (f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError | IMAP4.error)
+                        else describe(exc))
+                log.warning("IMAP %s:%s: %s; reconnecting in %.0fs", s.host, s.port, said,
+                            delay)
                 self.stop.wait(delay)
                 delay = min(delay * 2, 300.0)
         self.lock.release()
@@ -231,9 +287,11 @@ class ImapIntake:
         limit = min(self.settings.imap.poll_interval, MAX_IDLE)
         client.idle()
         started = time.monotonic()
+        self.idling.set()
         try:
             while not self.stop.is_set() and time.monotonic() - started < limit:
                 if client.idle_check(timeout=1):
                     break
         finally:
+            self.idling.clear()
             client.idle_done()

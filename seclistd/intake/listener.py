@@ -20,6 +20,7 @@ from aiosmtpd.lmtp import LMTP
 from sqlalchemy.orm import Session, sessionmaker
 
 from seclistd.config import Settings
+from seclistd.errors import trace
 from seclistd.intake.store import accept
 from seclistd.mail.compose import clean
 from seclistd.workflows.report import own_addresses
@@ -54,8 +55,8 @@ class Handler:
                 None, lambda: accept(self.factory, self.settings, raw, source=protocol,
                                      now=self.clock(), envelope_from=mail_from,
                                      envelope_to=list(envelope.rcpt_tos)))
-        except Exception:  # noqa: BLE001 - the client keeps the message and retries
-            log.exception("listener could not store a message")
+        except Exception as exc:  # noqa: BLE001 - the client keeps the message and retries
+            log.error("listener could not store a message:\n%s", trace(exc))
             return self._answer(envelope, "451 4.3.0 temporary failure, please try again later")
         self.on_commit()
         return self._answer(envelope, f"250 2.0.0 stored as message {outcome.id}")

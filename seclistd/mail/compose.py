@@ -4,6 +4,8 @@ Every value that may have come from a received message goes through ``clean`` (n
 NUL or other control characters, bounded length) before it becomes a header, so a subject
 carrying an encoded CR/LF (CVE-2024-6923) cannot add a header. Addresses go through
 ``email.headerregistry.Address``, which refuses anything that is not one address.
+Internationalised addresses (``víctim@exämple.net``) are written as UTF-8 (RFC 6532); the
+bytes are UTF-8 throughout, and the relay sends such a mail only with SMTPUTF8.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from email.header import Header
 from email.headerregistry import Address
 from email.utils import format_datetime, formataddr, make_msgid
 
+from seclistd.errors import Explained
+from seclistd.mail.addresses import address_problem
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u0085]+")
 
 
@@ -25,8 +30,25 @@ def clean(value: str | None, limit: int = 200) -> str:
     return text[:limit].rstrip()
 
 
+class BadAddress(Explained, ValueError):
+    """An address no mail can be written to (the text says why, without the address)."""
+
+
+def short(value: str | None, limit: int) -> str:
+    """``clean(value)`` cut to at most ``limit`` characters, "..." marking the cut (ASCII,
+    so a plain receipt stays 7bit): how much of a stranger's text an automatic mail may
+    quote."""
+    text = clean(value, limit + 1)
+    return text if len(text) <= limit else text[:max(limit - 3, 0)].rstrip() + "..."
+
+
 def address(addr: str, name: str = "") -> Address:
-    local, _, domain = clean(addr, 320).rpartition("@")
+    """One recipient, ASCII or internationalised (RFC 6531); BadAddress when it is none."""
+    addr = clean(addr, 320)
+    problem = address_problem(addr)
+    if problem:
+        raise BadAddress(f"the recipient address {problem}")
+    local, _, domain = addr.rpartition("@")
     return Address(display_name=clean(name, 100), username=local, domain=domain)
 
 
@@ -50,11 +72,18 @@ def header(name: str, value: str) -> str:
 
 
 def format_address(addr: Address) -> str:
-    return formataddr((addr.display_name, addr.addr_spec), charset="utf-8")
+    """The address for a header. An internationalised address is written as UTF-8 (RFC
+    6532: such a mail needs SMTPUTF8, which the relay asks for); ``formataddr`` raises on
+    it. The display name is quoted as needed and was cleaned of CR, LF and NUL."""
+    if addr.addr_spec.isascii():
+        return formataddr((addr.display_name, addr.addr_spec), charset="utf-8")
+    return str(addr)
 
 
 def body_part(body: str) -> tuple[str, str]:
-    """(Content-Transfer-Encoding, CRLF body): 7bit when plain ASCII, else quoted-printable."""
+    """(Content-Transfer-Encoding, CRLF body): 7bit when plain ASCII, else quoted-printable.
+    A NUL never goes out (RFC 5322 forbids it): U+FFFD takes its place."""
+    body = body.replace("\x00", "\ufffd")
     lines = body.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if body.isascii() and all(len(line) <= 998 for line in lines):
         return "7bit", "\r\n".join(lines)

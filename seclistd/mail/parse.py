@@ -1,7 +1,10 @@
 """Parsing: limits before parsing, then mail-parser for the body and stdlib for headers.
 
-``check_limits`` looks only at the raw bytes (size, header block, multipart count) so that
-a hostile message is refused before any parser sees it. ``parse`` returns a ``ParsedMail``
+``check_limits`` looks only at the raw bytes (size, header block) so that a hostile message
+is refused before any parser sees it. ``parse`` counts every MIME entity the stdlib parser
+creates (the message itself, each part at any depth, whatever its headers look like:
+folded, encoded or absent) and stops at ``max_parts``, before the rest is built.
+``parse`` returns a ``ParsedMail``
 whose strings are decoded but *not* trusted: nothing here may be copied into an outgoing
 header without ``seclistd.mail.compose.clean``.
 
@@ -12,31 +15,112 @@ also come from the stdlib parser (mail-parser returns them raw and folded).
 
 from __future__ import annotations
 
-import email
 import html
 import re
 from dataclasses import dataclass, field
-from email import policy
+from email import errors, policy
 from email.message import Message
-from email.parser import BytesHeaderParser
-from email.utils import getaddresses
+from email.parser import BytesFeedParser, BytesHeaderParser
+from email.utils import decode_params, getaddresses
 from typing import Any
 
 import mailparser
 
 from seclistd.config import LimitSettings
+from seclistd.errors import describe
+from seclistd.mail.addresses import address_problem
 
-_MULTIPART = re.compile(rb"^content-type:[ \t]*multipart/", re.I | re.M)
 _MSGID = re.compile(r"<[^<>\s]{1,900}>")
-_TAG = re.compile(r"<[^>]*>")
+_BRACKETED = re.compile(r"<([^<>\s]+)>")
+_WORD = re.compile(r"\S+")
+_LONG_DECIMAL_REF = re.compile(r"&#([0-9]{8,}+);?")
 # A run of base64 lines, matched possessively so that scanning stays linear; runs of 64 KB
 # or more are an encoded attachment, not text to read.
 _BASE64_RUN = re.compile(rb"^(?:[A-Za-z0-9+/]{60,100}={0,2}\r?\n)++", re.M)
 BULK_BYTES = 64 * 1024
+# Longest header value the parsers read (the stored bytes and ParsedMail.headers keep all).
+HEADER_CHARS = 4096
+MIME_HEADERS = frozenset({"content-type", "content-disposition", "content-id",
+                          "content-transfer-encoding"})
+MIME_HEADER_CHARS = 1024
 
 
 class Unprocessable(Exception):
     """The message cannot be processed; the text is the quarantine reason."""
+
+
+class TooManyParts(Unprocessable):
+    def __init__(self, limit: int):
+        super().__init__(f"message has more than {limit} MIME parts, over the limit of {limit} "
+                         "(limits.max_mime_parts)")
+
+
+def split_params(value: str) -> list[str]:
+    """``email.message._parseparam`` in one pass, with the same result.
+
+    The stdlib's version splits a header at each ``;`` outside quotes by recounting the
+    quotes from the start of what is left at every ``;``, and copies the rest after each
+    parameter: a Content-Type of 80,000 ``; `` after an open quote took 40 s to read.
+    """
+    plist: list[str] = []
+    start = 0
+    quotes = 0  # '"' minus '\\"' since ``start``: odd means inside a quoted string
+    i, n = 0, len(value)
+    while i <= n:
+        char = value[i] if i < n else ";"
+        if char == '"':
+            quotes += 1 if i == start or value[i - 1] != "\\" else 0
+        elif char == ";" and (quotes % 2 == 0 or i in (n, start)):
+            f = value[start:i]
+            if "=" in f:
+                name, _, rest = f.partition("=")
+                f = name.strip().lower() + "=" + rest.strip()
+            plist.append(f.strip())
+            start, quotes = i + 1, 0
+        i += 1
+    return plist
+
+
+class BoundedMessage(Message):
+    """``email.message.Message`` whose header parameters (boundary, charset, filename…) are
+    split by ``split_params``, linear in the header's length."""
+
+    def _get_params_preserve(self, failobj: Any, header: str) -> Any:
+        value = self.get(header)
+        if value is None:
+            return failobj
+        params = []
+        for p in split_params(str(value)):
+            name, equals, val = p.partition("=")
+            params.append((name.strip(), val.strip()) if equals else (p.strip(), ""))
+        return decode_params(params)
+
+
+class _Factory:
+    """The parser's message factory: BoundedMessage, counting each entity it creates and
+    refusing one past ``limit``."""
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self.count = 0
+
+    def new(self, policy: Any = policy.compat32) -> Message:
+        self.count += 1
+        if self.limit is not None and self.count > self.limit:
+            raise TooManyParts(self.limit)
+        return BoundedMessage(policy=policy)
+
+
+def message_from_bytes(data: bytes, max_parts: int | None = None) -> Message:
+    """``email.message_from_bytes``, with BoundedMessage entities, stopped once it has made
+    more than ``max_parts`` of them. Counting what the parser builds (not header lines in
+    the raw bytes) counts parts however their headers are written, and bounds the objects
+    built."""
+    factory = _Factory(max_parts)
+    parser = BytesFeedParser(_factory=factory.new)
+    factory.count = 0  # the parser calls the factory once to learn its signature
+    parser.feed(data)
+    return parser.close()
 
 
 def header_end(raw: bytes) -> int:
@@ -54,10 +138,6 @@ def check_limits(raw: bytes, limits: LimitSettings) -> None:
     if end > limits.max_header_bytes:
         raise Unprocessable(f"header block is {end} bytes, over the limit of "
                             f"{limits.max_header_bytes} (limits.max_header_bytes)")
-    parts = len(_MULTIPART.findall(raw))
-    if parts > limits.max_mime_parts:
-        raise Unprocessable(f"message has {parts} multipart MIME entities, over the limit of "
-                            f"{limits.max_mime_parts} (limits.max_mime_parts)")
 
 
 def quick_message_id(raw: bytes) -> str | None:
@@ -111,20 +191,56 @@ def _msgids(value: str) -> list[str]:
     return _MSGID.findall(value or "")[:100]
 
 
+def _raw_header(message: Message, name: str) -> str | None:
+    """The first ``name`` header's value as stored by the parser (8-bit bytes as surrogate
+    escapes), or None when absent. ``Message.get`` would wrap such a value in a ``Header``."""
+    name = name.lower()
+    for key, value in message.raw_items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _utf8(value: str) -> str | None:
+    """The value with its 8-bit bytes read as UTF-8 (RFC 6532); None when they are not UTF-8."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8")
+    except UnicodeError:
+        return None
+
+
+def header_text(value: Any) -> str:
+    """A header value as text: UTF-8 when it is, bytes that are not shown as U+FFFD."""
+    if not isinstance(value, str):  # a compat32 Header around undecodable bytes
+        value = str(value)
+    text = _utf8(value)
+    if text is None:
+        text = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text
+
+
 def _strict(message: Message, name: str) -> Any:
     """The header as ``email.policy.default`` reads it (with defects), or None when absent.
 
     Only the few headers whose meaning we rely on are read strictly: the registry behind
-    policy.default builds a class per header read, far too slow for every header.
+    policy.default builds a class per header read, far too slow for every header. Raw UTF-8
+    (RFC 6532, SMTPUTF8 mail) is decoded first; other 8-bit bytes become U+FFFD, which no
+    address may hold (``address_problem``) but a display name or a subject may.
     """
-    value = message.get(name)
+    value = _raw_header(message, name)
     if value is None:
         return None
-    return policy.default.header_fetch_parse(name, value)
+    return policy.default.header_fetch_parse(name, header_text(value))
 
 
 def _single_address(message: Message, name: str) -> tuple[str | None, str, str | None]:
-    """(addr, display name, problem) for a header that must hold exactly one address."""
+    """(addr, display name, problem) for a header that must hold exactly one address.
+
+    Strict (CVE-2023-27043): any defect refuses the header, except a non-ASCII local part,
+    which RFC 6531/6532 allow (internationalised addresses).
+    """
     try:
         header = _strict(message, name)
         if header is None:
@@ -132,6 +248,7 @@ def _single_address(message: Message, name: str) -> tuple[str | None, str, str |
         addresses, defects = header.addresses, header.defects
     except Exception as exc:  # noqa: BLE001 - stdlib header parsing raises many kinds
         return None, "", f"{name} header cannot be read ({type(exc).__name__})"
+    defects = [d for d in defects if not isinstance(d, errors.NonASCIILocalPartDefect)]
     if defects:
         return None, "", f"{name} header is malformed ({defects[0]})"
     if len(addresses) != 1:
@@ -139,24 +256,39 @@ def _single_address(message: Message, name: str) -> tuple[str | None, str, str |
     addr = addresses[0]
     if not addr.username or not addr.domain:
         return None, "", f"{name} header address {addr.addr_spec!r} has no domain"
+    problem = address_problem(addr.addr_spec)
+    if problem:
+        return None, "", f"{name} header address {problem}"
     return addr.addr_spec.lower(), str(addr.display_name or ""), None
 
 
 def _address_list(message: Message, name: str) -> list[str]:
     """Addresses for display only (To, Cc): the quick parser, never used to send mail."""
-    values = _safe(lambda: [str(v) for v in message.get_all(name, [])], [])
+    values = _safe(lambda: [header_text(v) for k, v in message.raw_items()
+                            if k.lower() == name.lower()], [])
     return _safe(lambda: [a.lower() for _, a in getaddresses(values) if "@" in a][:100], [])
 
 
 def _return_path(msg: Message) -> str | None:
-    value = _safe(lambda: msg.get("Return-Path"), None)
+    """The envelope sender as the final MTA recorded it; "" for <>, None when absent or
+    unreadable (an address that is not UTF-8 or not an address at all)."""
+    raw = _safe(lambda: _raw_header(msg, "Return-Path"), None)
+    value = _utf8(raw) if raw is not None else None
     if value is None:
         return None
-    value = str(value).strip()
+    value = value.strip()
     if value in ("<>", ""):
         return ""
-    match = re.search(r"<([^<>\s]+@[^<>\s]+)>", value) or re.fullmatch(r"(\S+@\S+)", value)
-    return match.group(1).lower() if match else None
+    # The first <…> holding an @ with something on both sides, else the bare value if it
+    # is one such word. (Checked in Python: a pattern with two unbounded runs around "@"
+    # tries every "@" of a long run of them.)
+    candidates = [m.group(1) for m in _BRACKETED.finditer(value)]
+    if not candidates and _WORD.fullmatch(value):
+        candidates = [value]
+    found = next((c for c in candidates if "@" in c[1:-1]), None)
+    if not found or address_problem(found):
+        return None
+    return found.lower()
 
 
 def elide_bulk(raw: bytes) -> bytes:
@@ -168,6 +300,32 @@ def elide_bulk(raw: bytes) -> bytes:
     return _BASE64_RUN.sub(lambda m: b"" if len(m[0]) >= BULK_BYTES else m[0], raw)
 
 
+def trim_headers(message: Message, limit: int = HEADER_CHARS,
+                 names: frozenset[str] | None = None) -> None:
+    """Cut each header value (of ``names``, or all) longer than ``limit`` characters at its
+    last blank before that, keeping the headers' order.
+
+    The stdlib's structured header parsers (policy.default, ``decode_header``, which
+    mail-parser calls on every header) take time quadratic in the number of encoded words:
+    a 100 KB Subject or From of them cost 2 s. No header the pipeline reads means anything
+    past a few kilobytes; this bounds each parse to ``limit``.
+    """
+    items = list(message.raw_items())
+
+    def long(name: str, value: str) -> bool:
+        return len(value) > limit and (names is None or name.lower() in names)
+
+    if not any(long(name, value) for name, value in items):
+        return
+    for name in {name.lower() for name, _ in items}:
+        del message[name]
+    for name, value in items:
+        if long(name, value):
+            cut = max(value.rfind(" ", 0, limit), value.rfind("\t", 0, limit))
+            value = value[:cut if cut > 0 else limit].rstrip()
+        message.set_raw(name, value)
+
+
 def strip_attachments(message: Message) -> list[str]:
     """Drop the payloads of non-text leaf parts (the raw bytes keep them); return their names.
 
@@ -176,6 +334,10 @@ def strip_attachments(message: Message) -> list[str]:
     """
     names = []
     for part in message.walk():
+        # mail-parser reads these through a plain Message of its own, whose parameter
+        # splitter is quadratic in the header's length (a part's headers are not bounded
+        # by limits.max_header_bytes): it gets at most MIME_HEADER_CHARS of each.
+        trim_headers(part, MIME_HEADER_CHARS, MIME_HEADERS)
         if part.is_multipart():
             continue
         maintype = part.get_content_maintype()
@@ -190,27 +352,58 @@ def strip_attachments(message: Message) -> list[str]:
     return names
 
 
+def strip_tags(markup: str) -> str:
+    """HTML without its tags, in one pass: what ``<[^>]*>`` removes, without that pattern's
+    rescan of the rest of the text from every ``<`` that is never closed (quadratic)."""
+    kept = []
+    pos = 0
+    while (start := markup.find("<", pos)) >= 0:
+        end = markup.find(">", start + 1)
+        if end < 0:
+            break  # no ">" after this "<": none after any later one either
+        kept.append(markup[pos:start])
+        pos = end + 1
+    kept.append(markup[pos:])
+    return "".join(kept)
+
+
+def _short_charref(match: re.Match[str]) -> str:
+    digits = match.group(1).lstrip("0") or "0"
+    return f"&#{digits};" if len(digits) <= 7 else "\ufffd"  # > 0x10FFFF: what unescape gives
+
+
+def unescape(text: str) -> str:
+    """``html.unescape``, which raises ValueError on a decimal character reference of more
+    than 4300 digits (Python's limit on converting long digit strings, itself there because
+    the conversion is quadratic): such references are shortened first, same result."""
+    return html.unescape(_LONG_DECIMAL_REF.sub(_short_charref, text))
+
+
 def _text_of(mp: mailparser.MailParser) -> str:
     plain = [t for t in (mp.text_plain or []) if t and t.strip()]
     if plain:
         return "\n\n".join(plain)
     htmls = [t for t in (mp.text_html or []) if t and t.strip()]
     if htmls:
-        return html.unescape(_TAG.sub("", "\n\n".join(htmls)))
+        return unescape(strip_tags("\n\n".join(htmls)))
     return ""
 
 
-def parse(raw: bytes) -> ParsedMail:
-    """Parse raw bytes. Never raises for malformed mail except ``Unprocessable``."""
+def parse(raw: bytes, max_parts: int | None = None) -> ParsedMail:
+    """Parse raw bytes. Never raises for malformed mail except ``Unprocessable`` (among
+    others when the message has more than ``max_parts`` MIME entities)."""
     try:
-        message = email.message_from_bytes(elide_bulk(raw))
+        message = message_from_bytes(elide_bulk(raw), max_parts)
+    except Unprocessable:
+        raise
     except RecursionError as exc:
         raise Unprocessable("MIME structure nested too deeply to parse") from exc
     except Exception as exc:  # noqa: BLE001 - the parser's failure becomes the reason
-        raise Unprocessable(f"mail parser failed: {type(exc).__name__}: {exc}"[:500]) from exc
+        raise Unprocessable(f"mail parser failed: {describe(exc)}") from exc
     headers: dict[str, list[str]] = {}
-    for key, value in message.items():
-        headers.setdefault(key.lower(), []).append(" ".join(str(value).split()))
+    for key, value in message.raw_items():
+        headers.setdefault(key.lower(), []).append(" ".join(header_text(value).split()))
+    trim_headers(message)  # before any structured header parsing, From's included
 
     from_addr, from_name, from_problem = _single_address(message, "From")
     if from_addr and "sender" in headers:
@@ -224,7 +417,7 @@ def parse(raw: bytes) -> ParsedMail:
     except RecursionError as exc:
         raise Unprocessable("MIME structure nested too deeply to parse") from exc
     except Exception as exc:  # noqa: BLE001 - the parser's failure becomes the reason
-        raise Unprocessable(f"mail parser failed: {type(exc).__name__}: {exc}"[:500]) from exc
+        raise Unprocessable(f"mail parser failed: {describe(exc)}") from exc
 
     try:
         text = _text_of(mp)

@@ -14,23 +14,34 @@ case tag.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from email import message_from_bytes
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 
 from seclistd.mail.compose import header
-from seclistd.mail.parse import header_end
+from seclistd.mail.parse import header_end, message_from_bytes
 
-ARMORED_MESSAGE = re.compile(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", re.S)
-ARMORED_KEY = re.compile(rb"-----BEGIN PGP PUBLIC KEY BLOCK-----.*?-----END PGP PUBLIC KEY BLOCK"
-                         rb"-----", re.S)
+MESSAGE = (b"-----BEGIN PGP MESSAGE-----", b"-----END PGP MESSAGE-----")
 _TAG = re.compile(r"^(\[[A-Z0-9]+-\d{4}-\d{4,6}\])")
 
 
 def crlf(data: bytes) -> bytes:
     return re.sub(rb"\r?\n", b"\r\n", data)
+
+
+def armored_blocks(data: bytes, markers: tuple[bytes, bytes], start: int = 0) -> Iterator[bytes]:
+    """Each armored block, from a BEGIN line to the first END after it (what the lazy
+    ``BEGIN.*?END`` finds), in one pass: that pattern rescans the rest of the text from
+    every BEGIN that has no END, quadratic in a message of unterminated BEGIN lines."""
+    begin, end = markers
+    pos = start
+    while (first := data.find(begin, pos)) >= 0:
+        last = data.find(end, first + len(begin))
+        if last < 0:
+            return  # no END after this BEGIN, so none after any later BEGIN
+        pos = last + len(end)
+        yield data[first:pos]
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,7 @@ def signed_parts(raw: bytes) -> SignedParts | None:
     parts = _body_parts(raw, boundary)
     if parts is None or len(parts) != 2:
         return None
-    signature_part = message_from_bytes(parts[1])
+    signature_part = message_from_bytes(parts[1], max_parts=1)  # one leaf, never a tree
     if signature_part.get_content_type() != "application/pgp-signature":
         return None
     signature = signature_part.get_payload(decode=True)
@@ -101,12 +112,12 @@ def encrypted_payload(raw: bytes) -> tuple[bytes, bool] | None:
         boundary = head.get_boundary()
         parts = _body_parts(raw, boundary) if boundary else None
         if parts and len(parts) >= 2:
-            data = message_from_bytes(parts[1]).get_payload(decode=True)
+            data = message_from_bytes(parts[1], max_parts=1).get_payload(decode=True)
             if isinstance(data, bytes) and data.strip():
                 return data, True
-    match = ARMORED_MESSAGE.search(raw, header_end(raw))
-    if match:
-        return crlf(match.group(0)), False
+    block = next(armored_blocks(raw, MESSAGE, header_end(raw)), None)
+    if block is not None:
+        return crlf(block), False
     return None
 
 

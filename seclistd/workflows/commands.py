@@ -2,12 +2,16 @@
 
 A command counts only when every rule holds, checked in this order:
 1. the whole message is PGP/MIME signed (top-level multipart/signed), or encrypted with a
-   signature inside; the keywords are read from the signed entity and nowhere else;
+   signature inside; the keywords are read from the signed entity and nowhere else: from the
+   entity itself when it is text/plain, else from its first text/plain child that is not an
+   attachment -- never from a nested multipart, an attachment or a forwarded message/rfc822;
 2. there is exactly one signature, and it is good;
 3. its primary-key fingerprint is the one on record for the sender in ``[team]``;
-4. the key is neither expired nor revoked, and the signature's time is sane;
-5. the signed text names its target with ``X-CASE: ID``, and that case exists;
-6. this signature has not been honoured before.
+4. this signature has not been used before. From here on it is spent (``HonouredSignature``)
+   whatever happens next, so a command refused today cannot be replayed once the case has
+   moved to a state where it would be carried out;
+5. the key is neither expired nor revoked, and the signature's time is sane;
+6. the signed text names its target with ``X-CASE: ID``, and that case exists.
 Then every keyword applies, in order, through ``lifecycle.act`` (the same path as the CLI),
 or none does. A refusal is recorded on the case and the sender gets one short mail naming
 the rule that failed, never an echo of what they sent.
@@ -19,14 +23,14 @@ import datetime as dt
 import hashlib
 import re
 from dataclasses import dataclass
-from email import message_from_bytes
+from email.message import Message as EmailMessage
 
 from sqlalchemy.orm import Session
 
 from seclistd.config import Settings
 from seclistd.crypto import Keyring, Signature, Verification
 from seclistd.mail import compose
-from seclistd.mail.parse import ParsedMail
+from seclistd.mail.parse import ParsedMail, message_from_bytes
 from seclistd.mail.render import render
 from seclistd.mail.secure import Unwrapped
 from seclistd.models import Case, HonouredSignature, Message
@@ -36,7 +40,9 @@ from seclistd.workflows import lifecycle, states
 TEAM_KEYWORDS = {"X-ACK": "ack", "X-ASSIGN": "assign", "X-CONFIRM": "confirm",
                  "X-REJECT": "reject", "X-DUPLICATE": "duplicate", "X-REPLY": "reply",
                  "X-EMBARGO": "embargo", "X-DISCLOSE": "disclose", "X-CLOSE": "close"}
-_KEYWORD = re.compile(r"^(X-[A-Z]+)[ \t]*(?::[ \t]*(.*?))?[ \t]*$")
+# Matched whole against one stripped line; the argument is stripped in Python (a lazy
+# ``(.*?)[ \t]*$`` retries the blank run after every character of the argument).
+_KEYWORD = re.compile(r"(X-[A-Z]+)[ \t]*(?::(.*))?")
 _ANY_KEYWORD = re.compile(r"^X-(?:CASE|ACK|ASSIGN|CONFIRM|REJECT|DUPLICATE|REPLY|EMBARGO|"
                           r"DISCLOSE|CLOSE|VOUCH|LEAK|LEAVE)\b", re.M)
 SIGNATURE_MAX_AGE = dt.timedelta(days=30)
@@ -67,23 +73,38 @@ def parse_keywords(text: str) -> tuple[list[tuple[str, str]], str]:
         i += 1
     keywords = []
     while i < len(lines):
-        match = _KEYWORD.match(lines[i].strip())
+        match = _KEYWORD.fullmatch(lines[i].strip())
         if not match:
             break
-        keywords.append((match.group(1), match.group(2) or ""))
+        keywords.append((match.group(1), (match.group(2) or "").strip(" \t")))
         i += 1
     return keywords, "\n".join(lines[i:]).strip("\n")
 
 
 def entity_text(entity: bytes) -> str:
-    """The text/plain content of a signed or decrypted MIME entity."""
+    """The text of a signed or decrypted MIME entity: the entity itself when it is
+    text/plain, else its first direct text/plain child that is not an attachment. Nothing
+    deeper counts: not a nested multipart, not an attachment, not a forwarded message."""
     message = message_from_bytes(entity)
-    for part in message.walk():
-        if part.get_content_type() == "text/plain" and not part.get_filename():
-            payload = part.get_payload(decode=True)
-            if isinstance(payload, bytes):
-                return payload.decode(part.get_content_charset() or "utf-8", "replace")
+    if message.get_content_type() == "text/plain":
+        return _decoded(message)
+    if not message.is_multipart():
+        return ""
+    for part in message.get_payload():
+        if (part.get_content_type() == "text/plain" and not part.get_filename()
+                and (part.get_content_disposition() or "inline") == "inline"):
+            return _decoded(part)
     return ""
+
+
+def _decoded(part: EmailMessage) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    try:
+        return payload.decode(part.get_content_charset() or "utf-8", "replace")
+    except LookupError:  # an unknown charset name
+        return payload.decode("utf-8", "replace")
 
 
 class Refused(Exception):
@@ -112,10 +133,10 @@ def signed_content(unwrapped: Unwrapped, keyring: Keyring | None) -> Signed:
         raw_sig = unwrapped.decrypted
     else:
         raise Refused("the command is not signed: sign the whole mail with PGP/MIME")
-    return Signed(text=text, signature=_one_good(verification), raw_signature=raw_sig)
+    return Signed(text=text, signature=one_good(verification), raw_signature=raw_sig)
 
 
-def _one_good(verification: Verification) -> Signature:
+def one_good(verification: Verification) -> Signature:
     sigs = verification.signatures
     if len(sigs) != 1:
         raise Refused(f"the mail carries {len(sigs)} signatures, a command needs exactly one")
@@ -132,15 +153,47 @@ def _one_good(verification: Verification) -> Signature:
     return sig
 
 
-def authorize(session: Session, now: dt.datetime, settings: Settings, mail: ParsedMail,
-              signed: Signed) -> tuple[str, Case, list[tuple[str, str]], str, str]:
-    """(member, target case, keywords, message text, signature id) or Refused."""
+def signature_id(signed: Signed) -> str:
+    """What makes a signature the same one when it comes again: gpg's SIG_ID, else a hash."""
+    sig = signed.signature
+    if sig.sig_id:
+        return sig.sig_id
+    return hashlib.sha256(sig.primary_fingerprint.encode() + b"\0"
+                          + signed.raw_signature).hexdigest()
+
+
+def is_spent(session: Session, sig_id: str) -> bool:
+    return session.get(HonouredSignature, sig_id) is not None
+
+
+def spend(session: Session, now: dt.datetime, sig_id: str, fingerprint: str,
+          case_id: str | None, message: Message) -> None:
+    """Record the signature as used; a second use fails on the primary key."""
+    session.flush()  # the message's id
+    session.add(HonouredSignature(sig_id=sig_id, fingerprint=fingerprint, case_id=case_id,
+                                  message_id=message.id, at=now))
+
+
+def authenticate(session: Session, settings: Settings, mail: ParsedMail,
+                 signed: Signed) -> tuple[str, str]:
+    """(member, signature id) when the signature is by the sender's key on record in
+    ``[team]`` and was never used before; else Refused."""
     member = next((m for m in settings.team.members if m.email == mail.from_addr), None)
     if member is None or not member.fingerprint:
         raise Refused("the sender has no key on record in [team]")
-    sig = signed.signature
-    if sig.primary_fingerprint != member.fingerprint:
+    if signed.signature.primary_fingerprint != member.fingerprint:
         raise Refused("the signature is not by the key on record for the sender")
+    sig_id = signature_id(signed)
+    if is_spent(session, sig_id):
+        raise Refused("this signature was already used once (carried out or refused); "
+                      "sign a new mail")
+    return member.email, sig_id
+
+
+def authorize(session: Session, now: dt.datetime,
+              signed: Signed) -> tuple[Case, list[tuple[str, str]], str]:
+    """(target case, keywords, message text) of an authenticated command, or Refused."""
+    sig = signed.signature
     if sig.created is None or sig.created > now + SIGNATURE_MAX_SKEW:
         raise Refused("the signature's time is in the future")
     if sig.created < now - SIGNATURE_MAX_AGE:
@@ -152,15 +205,12 @@ def authorize(session: Session, now: dt.datetime, settings: Settings, mail: Pars
     case = session.get(Case, targets[0])
     if case is None:
         raise Refused(f"X-CASE names {targets[0]}, which is not a case")
-    sig_id = sig.sig_id or hashlib.sha256(signed.raw_signature).hexdigest()
-    if session.get(HonouredSignature, sig_id) is not None:
-        raise Refused("this signature was already honoured once; sign a new mail")
     actions = [(name, arg) for name, arg in keywords if name != "X-CASE"]
     unknown = [name for name, _ in actions if name not in TEAM_KEYWORDS]
     if unknown:
         raise Refused(f"unknown keyword {unknown[0]}, expected one of X-CASE, "
                       + ", ".join(TEAM_KEYWORDS))
-    return member.email, case, actions, text, sig_id
+    return case, actions, text
 
 
 def request(name: str, arg: str, text: str) -> lifecycle.Request:
@@ -187,9 +237,12 @@ def handle(session: Session, now: dt.datetime, settings: Settings, keyring: Keyr
            fallback_case: str | None) -> str | None:
     """Carry out a command mail; returns the case it is recorded on (None: no case at all)."""
     sender = mail.from_addr or ""
+    spent: tuple[str, str] | None = None  # (signature id, fingerprint) once authenticated
     try:
         signed = signed_content(unwrapped, keyring)
-        member, case, actions, text, sig_id = authorize(session, now, settings, mail, signed)
+        member, sig_id = authenticate(session, settings, mail, signed)
+        spent = (sig_id, signed.signature.primary_fingerprint)
+        case, actions, text = authorize(session, now, signed)
         if not actions:
             raise Refused("the signed text has X-CASE but no action keyword")
         try:
@@ -198,10 +251,11 @@ def handle(session: Session, now: dt.datetime, settings: Settings, keyring: Keyr
         except lifecycle.ActionError as exc:
             raise Refused(f"nothing was done: {exc}") from exc
     except Refused as refusal:
-        return _refuse(session, now, settings, message, mail, str(refusal), fallback_case)
-    session.flush()  # the message's id, for the record of the honoured signature
-    session.add(HonouredSignature(sig_id=sig_id, fingerprint=signed.signature.primary_fingerprint,
-                                  case_id=case.id, message_id=message.id, at=now))
+        recorded_on = _refuse(session, now, settings, message, mail, str(refusal), fallback_case)
+        if spent is not None:
+            spend(session, now, *spent, recorded_on, message)
+        return recorded_on
+    spend(session, now, sig_id, signed.signature.primary_fingerprint, case.id, message)
     message.case_id = case.id
     message.signed_by = signed.signature.primary_fingerprint
     states.record(session, now, case, actor=sender, action="command",

@@ -5,6 +5,12 @@ conditions, applies it, writes the audit event and queues the mail it causes, al
 caller's transaction. The text of ack, reply, reject and disclose is mailed to the reporter,
 threaded on their last message with ``[ID]`` in the subject; every other action's text stays
 internal (an event, never a mail to the reporter).
+
+Who gets what: a person's answer goes to the reporter's own address (the report's Reply-To,
+else its From: ``answer_address``), never to the envelope sender, which may be a list's
+bounce address; an automatic answer (fallback acknowledgment) goes to the return path
+(RFC 3834 §4). A team member with no fingerprint on record never gets the words of an
+encrypted case in plaintext: ``notify_team(private=True)`` sends them a notice without content.
 """
 
 from __future__ import annotations
@@ -15,12 +21,21 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from seclistd.config import Settings
+from seclistd import config as config_mod
+from seclistd.config import Settings, TeamMember
 from seclistd.mail import compose
 from seclistd.mail.render import render
 from seclistd.models import Case, Event, Message
 from seclistd.outbox import enqueue
 from seclistd.workflows import sla, states
+
+# What a content-free notice to a member without a key says happened, by the mail's kind.
+NEWS = {"team_new_case": "a new report was opened",
+        "reporter_forward": "the reporter wrote again"}
+
+# The actions whose text is their point: empty (or white-space) text is refused. For every
+# other action the text is an optional note.
+NEEDS_TEXT = frozenset({"ack", "reply", "reject", "comment"})
 
 
 class ActionError(Exception):
@@ -83,9 +98,10 @@ def act(session: Session, now: dt.datetime, settings: Settings, case_id: str, re
             f"cannot {req.action} {case.id}: it is {case.state}"
             + (f" ({case.resolution})" if case.resolution else "")
             + "; allowed now: " + (", ".join(states.allowed(case.state)) or "nothing"))
-    if req.action in ("ack", "reply", "reject") and not req.text.strip():
-        raise ActionError(f"{req.action} mails the reporter, so it needs a text (--message or "
-                          "standard input; in a mail, the text after the keyword lines)")
+    if req.action in NEEDS_TEXT and not req.text.strip():
+        why = "mails the reporter" if req.action in states.TO_REPORTER else "records a note"
+        raise ActionError(f"{req.action} {why}, so it needs a text (--message or standard "
+                          "input; in a mail, the text after the keyword lines)")
     detail = _apply(session, now, settings, case, req, actor)
     if rule.resolution:
         case.resolution = rule.resolution
@@ -106,18 +122,7 @@ def _apply(session: Session, now: dt.datetime, settings: Settings, case: Case, r
            actor: str) -> str:
     """The action's own effect; returns the event detail."""
     if req.action == "assign":
-        email = (req.email or "").strip().lower()
-        team = {m.email: m for m in settings.team.members}
-        if email not in team:
-            raise ActionError(f"{email or '(none)'} is not on the security team, expected one "
-                              "of " + (", ".join(sorted(team)) or "the [team] members"))
-        case.handler = email
-        body = render("assigned.txt.j2", settings.templates.dir, case=case_view(case, settings),
-                      actor=actor, text=req.text.strip())
-        enqueue(session, now, settings, kind="assigned", to=email, to_name=team[email].name,
-                subject=compose.tagged_subject(case.id, f"Assigned to you: {case.subject}"),
-                body=body, case=case, in_reply_to=case.root_message_id)
-        return f"handler: {email}"
+        return _assign(session, now, settings, case, req, actor)
     if req.action == "confirm":
         parts = []
         if req.versions:
@@ -143,8 +148,47 @@ def _apply(session: Session, now: dt.datetime, settings: Settings, case: Case, r
     if req.action == "disclose":
         if req.credit is not None:
             case.credit = compose.clean(req.credit, 200)
-        return f"credited as {credit_line(case) or '(no credit)'}"
+        line, how = credit_for(case, settings, by_team=req.credit is not None)
+        return f"credited as {line or '(no credit)'} ({CREDIT_HOW[how]})"
     return ""
+
+
+def _assign(session: Session, now: dt.datetime, settings: Settings, case: Case, req: Request,
+            actor: str) -> str:
+    """Make ``req.email`` the handler: a team member, or another maintainer (ORAS: the
+    patch-and-release team may include them). Mail to a handler outside [team] goes out
+    only encrypted, to the key the operator imported for that address; without one it is
+    held, like any recipient who must not get plaintext."""
+    email = (req.email or "").strip().lower()
+    if config_mod.address_problem(email):
+        raise ActionError(f"{email or '(none)'} is not a mail address, expected the handler's "
+                          "address, e.g. alice@example.org")
+    member = next((m for m in settings.team.members if m.email == email), None)
+    case.handler = email
+    if member is not None:
+        case.handler_key = None
+        note = "a member of the security team"
+    else:
+        case.handler_key = _imported_key(settings, email)
+        note = "not on the security team; " + (
+            f"their mail is encrypted to {case.handler_key}" if case.handler_key else
+            "no key of theirs is in the keyring, so their mail is held until one is: "
+            "`seclistd keys import FILE`, then `seclistd outbox retry ID`")
+    body = render("assigned.txt.j2", settings.templates.dir, case=case_view(case, settings),
+                  actor=actor, text=req.text.strip())
+    enqueue(session, now, settings, kind="assigned", to=email,
+            to_name=member.name if member else "",
+            subject=compose.tagged_subject(case.id, f"Assigned to you: {case.subject}"),
+            body=body, case=case, in_reply_to=case.root_message_id)
+    return f"handler: {email} ({note})"
+
+
+def _imported_key(settings: Settings, address: str) -> str | None:
+    """The one usable key in the keyring with a user ID for exactly ``address``."""
+    from seclistd.crypto import keyring
+
+    ring = keyring(settings.gnupg)
+    return ring.key_for_address(address) if ring else None
 
 
 def _embargo(case: Case, req: Request, now: dt.datetime, settings: Settings) -> str:
@@ -172,9 +216,38 @@ def credit_line(case: Case) -> str:
     return name
 
 
+CREDIT_HOW = {
+    "asked": "as the reporter asked",
+    "declined": "the reporter asked not to be named",
+    "team": "set by the team",
+    "default": "project.default_credit: the reporter did not say, named as in their mail",
+    "no_name": "project.default_credit: the reporter did not say and gave no name",
+    "default_anonymous": "project.default_credit: the reporter did not say",
+}
+
+
+def credit_for(case: Case, settings: Settings, by_team: bool = False) -> tuple[str, str]:
+    """(the advisory's credit line, how it was decided: a key of ``CREDIT_HOW``).
+
+    A wish the reporter stated wins; without one, ``project.default_credit`` decides, and
+    the disclosure mail says so rather than claim a wish the reporter never expressed.
+    """
+    line = credit_line(case)
+    if by_team:
+        return line, "team"
+    if case.credit is not None or case.credit_github:
+        return line, "asked" if line else "declined"
+    if settings.project.default_credit == "anonymous":
+        return "", "default_anonymous"
+    name = (case.reporter_name or "").strip()
+    return (name, "default") if name else ("", "no_name")
+
+
 def local_time(settings: Settings, when: dt.datetime) -> str:
-    """A time as people read it in mail: in the project's time zone, with its name."""
-    return when.astimezone(settings.project.tz).strftime("%A %d %B %Y, %H:%M %Z")
+    """A time as people read it in mail: in the project's time zone, with its name
+    ("Wednesday 7 July 2027, 23:59 EDT": the day without a leading zero)."""
+    local = when.astimezone(settings.project.tz)
+    return f"{local:%A} {local.day} {local:%B %Y, %H:%M %Z}"
 
 
 def case_view(case: Case, settings: Settings) -> dict[str, object]:
@@ -206,16 +279,26 @@ def thread_of(session: Session, case: Case) -> tuple[str | None, list[str]]:
 def mail_reporter(session: Session, now: dt.datetime, settings: Settings, case: Case,
                   req: Request, actor: str, *, auto_submitted: str | None = None) -> None:
     template = "disclose.txt.j2" if req.action == "disclose" else "to_reporter.txt.j2"
+    credit, credit_how = credit_for(case, settings, by_team=req.credit is not None)
     body = render(template, settings.templates.dir, case=case_view(case, settings),
-                  text=req.text.strip(), action=req.action, credit=credit_line(case))
+                  text=req.text.strip(), action=req.action, credit=credit,
+                  credit_how=credit_how)
     send_to_reporter(session, now, settings, case, kind=req.action, body=body,
                      auto_submitted=auto_submitted)
 
 
+def answer_address(case: Case) -> str:
+    """Where a person's answer to the reporter goes: the report's Reply-To, else its From."""
+    return case.answer_to or case.reporter
+
+
 def send_to_reporter(session: Session, now: dt.datetime, settings: Settings, case: Case, *,
                      kind: str, body: str, auto_submitted: str | None) -> None:
+    """A mail to the reporter: a person's (``auto_submitted`` None) to ``answer_address``, an
+    automatic one to the report's return path."""
     in_reply_to, references = thread_of(session, case)
-    enqueue(session, now, settings, kind=kind, to=case.reply_to or case.reporter,
+    to = answer_address(case) if auto_submitted is None else (case.reply_to or case.reporter)
+    enqueue(session, now, settings, kind=kind, to=to,
             to_name=case.reporter_name or "", body=body, case=case,
             subject=compose.tagged_subject(case.id, f"Re: {case.subject}"),
             in_reply_to=in_reply_to, references=references, auto_submitted=auto_submitted)
@@ -225,12 +308,28 @@ def send_to_reporter(session: Session, now: dt.datetime, settings: Settings, cas
 
 
 def notify_team(session: Session, now: dt.datetime, settings: Settings, case: Case, *,
-                kind: str, subject: str, body: str, handler_only: bool = False) -> list[str]:
-    """Mail the handler (when ``handler_only`` and assigned) or every team member."""
+                kind: str, subject: str, body: str, handler_only: bool = False,
+                private: bool = False) -> list[str]:
+    """Mail the handler (when ``handler_only`` and assigned) or every team member.
+
+    ``private``: the body holds the reporter's words. On an encrypted case a member without
+    a fingerprint on record (whose copy could only go out in plaintext) gets a notice that
+    says where to read it instead, with nothing of the content, not even the subject.
+    """
     members = settings.team.members
     if handler_only and case.handler:
-        members = tuple(m for m in members if m.email == case.handler) or members
+        # The handler may be a maintainer outside [team] (see _assign).
+        members = tuple(m for m in members if m.email == case.handler) or (
+            TeamMember(email=case.handler),)
     for member in members:
+        if private and case.encrypted and not member.fingerprint:
+            notice = render("team_encrypted_notice.txt.j2", settings.templates.dir,
+                            case_id=case.id, what=NEWS.get(kind, "there is news"),
+                            security_address=settings.project.security_address)
+            enqueue(session, now, settings, kind=kind, to=member.email, to_name=member.name,
+                    subject=compose.tagged_subject(case.id, "Encrypted case: content withheld"),
+                    body=notice, case=case, in_reply_to=case.root_message_id)
+            continue
         enqueue(session, now, settings, kind=kind, to=member.email, to_name=member.name,
                 subject=compose.tagged_subject(case.id, subject), body=body, case=case,
                 in_reply_to=case.root_message_id)

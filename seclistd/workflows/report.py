@@ -2,11 +2,17 @@
 
 Everything here runs inside the caller's transaction: the case, its audit events and the
 mail it causes (receipt, team notices) are committed together or not at all.
+
+The first mail of a report may pin the key it carries (trust on first use, recorded as a
+``key_pinned`` event) and states the credit wish; what a later mail may change, and the
+proof it needs, is ``reporter_changes``. The receipt goes to the return path (RFC 3834);
+the case remembers the report's Reply-To (``answer_to``) for the answers people write.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from email import policy
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
@@ -17,10 +23,14 @@ from seclistd.mail import compose, loops
 from seclistd.mail.parse import ParsedMail
 from seclistd.mail.render import render
 from seclistd.models import Case, Counter, Event, Message
-from seclistd.outbox import automatic_answers_since, enqueue
-from seclistd.workflows import completeness, lifecycle, sla, states
+from seclistd.outbox import all_automatic_answers_since, automatic_answers_since, enqueue
+from seclistd.workflows import completeness, lifecycle, notices, reporter_changes, sla, states
 
 SYSTEM = "seclistd"
+# Of a stranger's words, a receipt quotes only this much of the subject and display name,
+# never the body: a receipt to a forged return path must not carry someone's spam.
+RECEIPT_SUBJECT_CHARS = 60
+RECEIPT_NAME_CHARS = 40
 
 
 def next_id(session: Session, name: str, prefix: str, year: int) -> str:
@@ -42,7 +52,8 @@ def next_id(session: Session, name: str, prefix: str, year: int) -> str:
 
 def open_case(session: Session, now: dt.datetime, settings: Settings, message: Message,
               mail: ParsedMail, offered: list[str] = ()) -> Case:  # type: ignore[assignment]
-    """Open a case in state ``new`` with its receipt and team notices."""
+    """Open a case in state ``new`` with its receipt and team notices; the report's key,
+    if it offers one, is pinned (trust on first use)."""
     tz = settings.project.tz
     received = message.received_at
     calendar = calendar_for(settings.calendar, tz)
@@ -52,7 +63,8 @@ def open_case(session: Session, now: dt.datetime, settings: Settings, message: M
     own = own_addresses(settings)
     case = Case(id=case_id, state=states.NEW, subject=compose.clean(mail.subject, 500),
                 reporter=mail.from_addr, reporter_name=compose.clean(mail.from_name, 200),
-                reply_to=loops.reply_address(mail), received_at=received,
+                reply_to=loops.reply_address(mail), answer_to=reply_to_address(mail, own),
+                received_at=received,
                 ack_due=calendar.deadline(received, settings.sla.ack_business_days),
                 missing_information=completeness.missing(mail.text, mail.attachments),
                 encrypted=message.encrypted, waiting_on="team",
@@ -69,25 +81,38 @@ def open_case(session: Session, now: dt.datetime, settings: Settings, message: M
     else:
         to = loops.reply_address(mail)
         assert to is not None
+        name = compose.short(case.reporter_name, RECEIPT_NAME_CHARS)
         body = render("receipt.txt.j2", settings.templates.dir, case_id=case.id,
-                      project=settings.project.name, reporter_name=case.reporter_name,
+                      project=settings.project.name, reporter_name=name,
                       ack_due=lifecycle.local_time(settings, case.ack_due),
-                      missing=case.missing_information, subject=case.subject or "(none)",
-                      security_address=settings.project.security_address)
-        enqueue(session, now, settings, kind="receipt", to=to, to_name=case.reporter_name or "",
-                subject=compose.tagged_subject(case.id, mail.subject), body=body,
+                      missing=case.missing_information,
+                      subject=compose.short(case.subject, RECEIPT_SUBJECT_CHARS) or "(none)",
+                      security_address=settings.project.security_address,
+                      credit_known=wish is not None,
+                      default_credit=settings.project.default_credit)
+        enqueue(session, now, settings, kind="receipt", to=to, to_name=name,
+                subject=compose.tagged_subject(
+                    case.id, compose.short(mail.subject, RECEIPT_SUBJECT_CHARS)), body=body,
                 case=case, in_reply_to=mail.message_id,
                 references=mail.references + ([mail.message_id] if mail.message_id else []),
                 auto=True, auto_submitted="auto-replied")
         receipt_status = f"sent to {to}"
         case.last_reporter_contact_at = now
-    notified = notify_team(session, now, settings, case, mail, receipt_status)
     # One audit event for the opening; the mails it caused are on the case as messages.
     detail = f"report received via {message.source}; receipt {receipt_status}"
-    if notified:
+    if notices.report_flood(session, now, settings, message):
+        notices.hold_case(session, now, settings, case)
+        detail += ("; team told in the next digest (over autoreply.team_digest_after new "
+                   "reports within an hour)")
+    elif notified := notify_team(session, now, settings, case, mail, receipt_status):
         detail += f"; team notified: {', '.join(notified)}"
     session.add(Event(case_id=case.id, at=now, actor=mail.from_addr, action="open",
                       from_state=None, to_state=states.NEW, detail=detail))
+    if case.reporter_key:
+        states.record(session, now, case, actor=case.reporter, action="key_pinned",
+                      detail=f"key {case.reporter_key} pinned on trust on first use: it came "
+                             "with the report; a later key needs this key's signature or a "
+                             "confirmation from the reporter's address")
     if withheld:
         states.record(session, now, case, actor=SYSTEM, action="receipt_withheld",
                       detail=withheld)
@@ -108,7 +133,7 @@ def notify_team(session: Session, now: dt.datetime, settings: Settings, case: Ca
                   attachments=[a for a in mail.attachments if a],
                   subject=case.subject or "(none)", text=mail.text)
     return lifecycle.notify_team(session, now, settings, case, kind="team_new_case",
-                                 subject=f"New report: {mail.subject}", body=body)
+                                 subject=f"New report: {mail.subject}", body=body, private=True)
 
 
 def no_receipt_reason(session: Session, now: dt.datetime, settings: Settings, mail: ParsedMail,
@@ -122,6 +147,10 @@ def no_receipt_reason(session: Session, now: dt.datetime, settings: Settings, ma
     if automatic_answers_since(session, to, now - dt.timedelta(days=1)) >= limit:
         return (f"{to} already had {limit} automatic answers in 24 hours "
                 "(autoreply.max_per_sender_per_day)")
+    hourly = settings.autoreply.max_per_hour
+    if all_automatic_answers_since(session, now - dt.timedelta(hours=1)) >= hourly:
+        return (f"{hourly} automatic answers went out within the last hour "
+                "(autoreply.max_per_hour)")
     return None
 
 
@@ -129,46 +158,68 @@ def pick_key(settings: Settings, offered: list[str], address: str | None) -> str
     """The offered key to pin: one with a user ID for the address, else the first one."""
     if not offered:
         return None
-    from seclistd.crypto import keyring, uid_address
+    from seclistd.crypto import keyring
 
-    ring = keyring(settings.gnupg)
-    for fingerprint in offered:
-        info = ring.key(fingerprint) if ring else None
-        if info and address and any(uid_address(uid) == address for uid in info.uids):
-            return fingerprint
-    return offered[0]
+    return reporter_changes.pick_key(keyring(settings.gnupg), offered, address)
+
+
+def reply_to_address(mail: ParsedMail, own: frozenset[str]) -> str | None:
+    """The report's Reply-To when it is exactly one usable address other than From; else
+    None (answers then go to From)."""
+    values = mail.headers.get("reply-to", [])
+    if len(values) != 1:
+        return None
+    try:
+        header = policy.default.header_factory("reply-to", values[0])
+        addresses = header.addresses  # type: ignore[attr-defined]
+        defects = header.defects
+    except Exception:  # noqa: BLE001 - stdlib header parsing raises many kinds
+        return None
+    if defects or len(addresses) != 1 or not addresses[0].username or not addresses[0].domain:
+        return None
+    spec = compose.clean(addresses[0].addr_spec, 320).lower()
+    if spec in own or spec == mail.from_addr or "@" not in spec:
+        return None
+    if spec.partition("@")[0] in loops.DAEMON_LOCALPARTS:
+        return None
+    return spec
 
 
 def attach_reply(session: Session, now: dt.datetime, settings: Settings, case: Case,
                  message: Message, mail: ParsedMail, label: str,
-                 offered: list[str] = ()) -> None:  # type: ignore[assignment]
+                 evidence: reporter_changes.Evidence | None = None) -> None:
     """Record a reply (or a bounce or automatic reply) on its case; never answer it.
 
-    A reply from the reporter is forwarded to the handler (the team while unassigned),
-    may supply missing information or a wish for credit, and puts the team on turn.
+    A reply from the reporter is forwarded to the handler (the team while unassigned), may
+    supply missing information, and puts the team on turn. A new key or credit wish in it
+    counts only with proof (``reporter_changes``); a reply carrying a confirmation code
+    applies the change that code was mailed for.
     """
+    evidence = evidence or reporter_changes.Evidence()
     message.case_id = case.id
     who = mail.from_addr or "(unknown sender)"
     detail = {"reply": f"message from {who}", "bounce": f"delivery failure report from {who}",
               "auto_reply": f"automatic reply from {who}"}.get(label, label)
-    from_reporter = label == "reply" and who in (case.reporter, case.reply_to)
+    on_record = {loops.canonical_mailbox(a) for a in (case.reporter, case.reply_to,
+                                                         case.answer_to) if a}
+    from_reporter = label == "reply" and loops.canonical_mailbox(who) in on_record
+    # A code counts only from the address it was mailed to (the reporter's on record).
+    notes = (reporter_changes.confirm(session, now, case, message, mail.text)
+             if from_reporter else [])
     if from_reporter:
         case.waiting_on = "team"
         detail = f"message from the reporter ({who})"
         if message.encrypted and not case.encrypted:
-            case.encrypted = True
-        key = pick_key(settings, offered, case.reporter)
-        if key and not case.reporter_key:
-            case.reporter_key = key
-            detail += f"; their key {key} is now pinned"
-        elif key and key != case.reporter_key:
-            detail += f"; they offered another key {key}, the pinned one stays"
-        _reporter_wrote(session, now, settings, case, message, mail)
+            detail += "; it came encrypted (answers stay as the report set them)"
+        if not notes:  # a confirmation asks for nothing new
+            notes = reporter_changes.on_reply(session, now, settings, case, message, mail.text,
+                                              evidence)
+        _reporter_wrote(session, now, settings, case, mail, notes)
     states.record(session, now, case, actor=who, action=label, detail=detail)
 
 
 def _reporter_wrote(session: Session, now: dt.datetime, settings: Settings, case: Case,
-                    message: Message, mail: ParsedMail) -> None:
+                    mail: ParsedMail, notes: list[str]) -> None:
     if case.missing_information:
         earlier = session.scalars(select(Message.text).where(
             Message.case_id == case.id, Message.from_addr == case.reporter)).all()
@@ -180,15 +231,12 @@ def _reporter_wrote(session: Session, now: dt.datetime, settings: Settings, case
             case.missing_information = still
             states.record(session, now, case, actor=case.reporter, action="information",
                           detail="supplied: " + "; ".join(supplied))
-    wish = completeness.credit(mail.text, case.reporter_name or "")
-    if wish is not None:
-        case.credit, case.credit_github = wish.name, wish.github
     body = render("reporter_forward.txt.j2", settings.templates.dir,
                   case=lifecycle.case_view(case, settings), subject=mail.subject,
-                  text=mail.text, attachments=[a for a in mail.attachments if a])
+                  text=mail.text, attachments=[a for a in mail.attachments if a], notes=notes)
     lifecycle.notify_team(session, now, settings, case, kind="reporter_forward",
                           subject=f"Reporter wrote: {case.subject}", body=body,
-                          handler_only=True)
+                          handler_only=True, private=True)
 
 
 def own_addresses(settings: Settings) -> frozenset[str]:

@@ -43,3 +43,5 @@ def schedule(case: Case, settings: Settings) -> None:
         case.next_sla_at = update_due(case, settings)
     else:
         case.next_sla_at = None
+    if case.next_sla_at is None:  # nothing left for the sweep: a failure of it is moot
+        case.sweep_error, case.sweep_failures = None, 0
