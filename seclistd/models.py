@@ -102,6 +102,9 @@ class Message(Base):
     signed_by: Mapped[str | None] = mapped_column(String(40))
     case_id: Mapped[str | None] = mapped_column(ForeignKey("cases.id"), index=True)
 
+    # A mail about a join request (the request's own, a reply, a vouch) names it here.
+    request_id: Mapped[str | None] = mapped_column(String(32), index=True)
+
     case: Mapped[Case | None] = relationship(back_populates="messages")
 
 
@@ -189,6 +192,9 @@ class Outbox(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     case_id: Mapped[str | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    # Mail about a join request, and mail to a list member (bounces are traced to it).
+    request_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    member_id: Mapped[int | None] = mapped_column(Integer, index=True)
     kind: Mapped[str] = mapped_column(String(32))
     auto: Mapped[bool] = mapped_column(Boolean, default=False)
     to_addr: Mapped[str] = mapped_column(String(998))
@@ -300,3 +306,8 @@ class DaemonState(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+# The distributors list's tables live in their own module; importing it here registers them
+# on Base.metadata for the migrations and for every session.
+from seclistd import list_models as _list_models  # noqa: E402,F401
