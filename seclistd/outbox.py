@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from seclistd.config import Settings
-from seclistd.mail import compose
+from seclistd.list_models import Member
+from seclistd.mail import compose, verp
 from seclistd.mail.loops import canonical_mailbox, counting_key
 from seclistd.models import Case, Outbox
 
@@ -46,13 +47,20 @@ def enqueue(session: Session, now: dt.datetime, settings: Settings, *, kind: str
             subject: str, body: str, case: Case | None = None, to_name: str = "",
             in_reply_to: str | None = None, references: list[str] | None = None,
             auto: bool = False, auto_submitted: str | None = "auto-generated",
-            confidential: bool = True) -> Outbox:
+            confidential: bool = True, member: Member | None = None,
+            request_id: str | None = None, encrypt_to: str | None = None) -> Outbox:
     """One mail to one recipient. ``auto`` marks an automatic answer to a sender (counted by
     the per-sender limit); ``auto_submitted`` is the RFC 3834 header (None for mail a person
     wrote). ``confidential=False`` for a mail that carries nothing of the case (a
     confirmation code): encrypted when a key is known, else it may go out in plaintext. The
     recipient is written in its canonical spelling (one mailbox, one spelling: what the
-    per-sender limit counts)."""
+    per-sender limit counts).
+
+    Mail to a list ``member`` goes out with the member's own return path (``mail.verp``) and
+    is encrypted to the member's pinned key; confidential mail without one is held.
+    ``encrypt_to`` names the key for anyone else (a join request's applicant); confidential
+    mail given one may go out only encrypted to it. ``request_id`` ties it to a join request.
+    """
     project = settings.project
     to = canonical_mailbox(compose.clean(to, 320))
     message_id = compose.new_message_id(project.domain)
@@ -62,10 +70,18 @@ def enqueue(session: Session, now: dt.datetime, settings: Settings, *, kind: str
         message_id=message_id, now=now, in_reply_to=in_reply_to, references=references,
         auto_submitted=auto_submitted,
         loop_address=project.security_address)
-    encrypt_to, must_encrypt = recipient_key(settings, case, to)
+    envelope_from = project.security_address
+    if member is not None:
+        encrypt_to, must_encrypt = member.fingerprint, True
+        envelope_from = verp.bounce_address(project.security_address, member.bounce_token)
+    elif encrypt_to is not None:
+        must_encrypt = True
+    else:
+        encrypt_to, must_encrypt = recipient_key(settings, case, to)
     must_encrypt = must_encrypt and (confidential or encrypt_to is not None)
     row = Outbox(case_id=case.id if case else None, kind=kind, auto=auto,
-                 to_addr=to, envelope_from=project.security_address,
+                 request_id=request_id, member_id=member.id if member is not None else None,
+                 to_addr=to, envelope_from=envelope_from,
                  subject=compose.clean(subject), message_id=message_id, raw=raw,
                  status="pending", encrypted=False, encrypt_to=encrypt_to,
                  must_encrypt=must_encrypt, attempts=0, created_at=now, next_attempt_at=now)
