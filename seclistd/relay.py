@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from seclistd import failures
 from seclistd.config import RelaySettings, Settings
 from seclistd.db import transaction
+from seclistd.list_models import Member
 from seclistd.mail.addresses import is_international
 from seclistd.mail.parse import header_end
 from seclistd.models import Case, Outbox
@@ -332,14 +333,18 @@ def retry(session: Session, now: dt.datetime, row_id: int,
           find_key: Callable[[str], str | None] = lambda _to: None) -> Outbox:
     """Make a failed, held or deferred row due now.
 
-    A row held for want of a key looks again: the case's pinned key, else the one key in
-    the keyring with a user ID for the recipient (the operator just imported it), which is
-    then pinned to the case.
+    A row held for want of a key looks again: a list member's pinned key; else the case's
+    pinned key, else the one key in the keyring with a user ID for the recipient (the
+    operator just imported it), which is then pinned to the case. (A member's key is pinned
+    only by proof, never by finding one in the keyring.)
     """
     row = session.get(Outbox, row_id)
     if row is None:
         raise LookupError(row_id)
-    if row.must_encrypt and not row.encrypt_to:
+    if row.must_encrypt and not row.encrypt_to and row.member_id is not None:
+        member = session.get(Member, row.member_id)
+        row.encrypt_to = member.fingerprint if member is not None else None
+    elif row.must_encrypt and not row.encrypt_to:
         case = session.get(Case, row.case_id) if row.case_id else None
         handler = case is not None and row.to_addr == case.handler
         reporter = case is not None and not handler and row.to_addr in (
