@@ -15,6 +15,7 @@ from seclistd import config
 from seclistd.config import ListSettings
 from seclistd.workflows import criteria as C
 from tests.components import report
+from tests.hostile_inputs import ISSUE_KINDS, make
 
 DATA = Path(__file__).resolve().parent / "data"
 OCI = C.PRESETS["oci"]
@@ -313,6 +314,8 @@ def test_answers_on_the_same_line_as_the_criterion():
         "alias": "security@acme.example", "userbase": "worldwide, not limited to us",
         "track_record": "https://acme.example/advisories", "embargo": "we accept",
         "pgp": "yes", "vouch": "Jane Doe <jane@member.example>"}
+    # A label that is only a word some criterion uses ("disclosure date") is no copy.
+    assert C.match_answers("Date: Thu, 19 Nov 2026\nSubject: embargo\n", OCI).answers == {}
 
 
 def test_a_numbered_list_inside_an_answer_stays_in_the_answer():
@@ -437,3 +440,15 @@ def test_a_huge_body_of_criterion_fragments_returns():
     assert C.looks_like_join_request("x", body, K8S) in (True, False)
     assert C.merge_answers({}, body, OCI).answers
     assert C.match_answers("x" * 1024 * 1024, OCI).missing == OCI_IDS
+
+
+@pytest.mark.parametrize("kind", ISSUE_KINDS)
+def test_issue_8_hostile_bodies_return(kind: str):
+    body = make(kind, 1024 * 1024).decode("utf-8", "replace")
+    assert C.match_answers(body, K8S).missing == K8S_IDS
+    assert not C.looks_like_join_request("hostile input", body, K8S)
+
+
+def test_no_nul_reaches_an_answer():
+    answers = C.match_answers("> PGP-encrypted email\nYes\x00.\n", OCI)
+    assert answers.answers == {"pgp": "Yes."}

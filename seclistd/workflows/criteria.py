@@ -11,8 +11,9 @@ ours -- and answer below it, but they renumber, reword, drop, garble and quote d
 So numbers are never trusted; the text is. The body is cut into lines; each line has a quote
 depth (``>``), an optional marker (``1.``, ``1)``, ``(1)``, ``#1``, ``Criterion 3:``, a
 bullet, markdown bold or heading) and its text. A line starts a *block*; a copied criterion
-that wraps continues over the next lines while its sentence has not ended. Every block is
-scored against every criterion by a small model:
+that wraps continues, while its sentence has not ended, over lines that are indented,
+quoted as deep, or that make it match better (a wrapped copy gains the criterion's words,
+an answer only others). Every block is scored against every criterion by a small model:
 
 * words are lower-cased, stop words dropped, and stemmed (Snowball); a word that is no stem of
   the criteria's vocabulary is matched to the closest vocabulary word by edit similarity
@@ -23,9 +24,12 @@ scored against every criterion by a small model:
   block's weight its vocabulary explains, ``coverage`` the best share of one reference (the
   text or one phrase) that the block contains; the score is ``0.6 precision + 0.4 coverage``.
 
-A block with a quote, marker or markdown is a candidate copy at ``COPY_THRESHOLD``; a plain
-line only at ``PLAIN_THRESHOLD`` with three matched stems, and only when the message has fewer
-than two marked copies (if the applicant quoted the criteria, plain lines are answers).
+A block with a quote, marker, markdown or a label ("PGP: yes": an unquoted line whose part
+before ``:``/`` - ``/``?`` matches a criterion alone, the rest being its answer) is a
+candidate copy at ``COPY_THRESHOLD``; a plain line only at ``PLAIN_THRESHOLD`` with three
+matched stems, and only when the message has fewer than two marked copies (if the applicant
+quoted the criteria, plain lines are answers). A plain line with no answer below it that
+speaks in the first person ("We accept the embargo policy.") is its own answer.
 Assignment is greedy: best (style, score, position) first, each criterion at most one block,
 each block at most one criterion. A block nobody took is ordinary text. The answer to a
 criterion is the text between its block and the next assigned block (less deeper-quoted
@@ -57,6 +61,7 @@ MAX_ANSWER = 4000
 MAX_BLOCK_LINES = 4
 COPY_THRESHOLD = 0.5
 PLAIN_THRESHOLD = 0.72
+MIN_COVERAGE = 0.4
 FUZZY_CUTOFF = 80
 JOIN_REQUEST_MIN_CRITERIA = 3
 ROLES = ("contact", "pgp", "embargo", "contribute", "voucher", "link")
@@ -239,7 +244,9 @@ class _Model:
         return self.weight.get(stem, self.unknown_weight)
 
     def score(self, stems: Sequence[str], k: int) -> tuple[float, int]:
-        """(score, number of distinct stems matched) of a block against criterion k."""
+        """(score, number of distinct stems matched) of a block against criterion k; 0 when
+        the block covers less than ``MIN_COVERAGE`` of every reference (one word that the
+        criterion happens to use is no copy of it)."""
         distinct = set(stems)
         if not distinct:
             return 0.0, 0
@@ -254,6 +261,8 @@ class _Model:
             if ref:
                 have = sum(self.w(s) for s in ref if s in distinct)
                 coverage = max(coverage, have / sum(self.w(s) for s in ref))
+        if coverage < MIN_COVERAGE:
+            return 0.0, len(matched)
         return 0.6 * precision + 0.4 * coverage, len(matched)
 
 
@@ -475,7 +484,8 @@ def _answer(block: _Block, following: list[_Line]) -> str:
 
 
 def _lines(body: str) -> list[_Line]:
-    text = body[:MAX_BODY].replace("\r\n", "\n").replace("\r", "\n")
+    # NUL never reaches an answer: PostgreSQL refuses it in text.
+    text = body[:MAX_BODY].replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
     return [_parse_line(line) for line in text.split("\n", MAX_LINES)[:MAX_LINES]]
 
 
@@ -572,7 +582,7 @@ _ORG_LINE = re.compile(r"^[ \t]{0,10}(?:organi[sz]ation|company|distribution|ven
 def organization_of(subject: str, body: str) -> str:
     """The applicant's organisation: "Seven-Corp" from "Seven-Corp Membership to <list>",
     else from "we, Seven-Corp, qualify" or an "Organization: ..." line; "" if unknown."""
-    subject = " ".join((subject or "")[:500].split())
+    subject = " ".join((subject or "")[:500].replace("\x00", "").split())
     m = _SUBJECT_ORG.search(subject)
     if m:
         head = subject[:m.start()]
@@ -585,7 +595,7 @@ def organization_of(subject: str, body: str) -> str:
         head = " ".join(words).strip(" \t-:,;\"'")
         if head and len(head) <= 120 and not _REQUEST_PREFIX.fullmatch(head):
             return head
-    text = (body or "")[:MAX_BODY]
+    text = (body or "")[:MAX_BODY].replace("\x00", "")
     for pattern in (_BODY_ORG, _ORG_LINE):
         found = pattern.search(text)
         if found:
