@@ -60,14 +60,16 @@ def problem(validity: KeyValidity, now: dt.datetime, settings: Settings) -> str 
 
 def sweep(session: Session, now: dt.datetime, settings: Settings) -> int:
     """Check every current member's key once; returns the number of members checked."""
-    ring = keyring(settings.gnupg)
-    if ring is None:
-        log.warning("gpg is not installed: members' keys cannot be checked")
-        return 0
     members = session.scalars(
         select(Member).where(Member.state != member_states.REMOVED,
                              Member.fingerprint.is_not(None))
         .order_by(Member.id).with_for_update(skip_locked=True)).all()
+    if not members:
+        return 0  # no gpg run at all
+    ring = keyring(settings.gnupg)
+    if ring is None:
+        log.warning("gpg is not installed: members' keys cannot be checked")
+        return 0
     done = each_member(session, now, settings, members,
                        lambda member: check(session, now, settings, ring, member), sweep="key")
     if members:
