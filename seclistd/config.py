@@ -167,9 +167,17 @@ class ListSettings:
 
 @dataclass(frozen=True)
 class MembershipSettings:
+    """Join requests, and how members stay reachable (``workflows.bounces``,
+    ``workflows.member_keys``; the example config explains the bounce defaults)."""
+
     request_expiry_days: int = 30
     vouches_required: int = 1
     require_key_proof: bool = True
+    key_expiry_warning_days: int = 14
+    bounce_score_threshold: float = 3.0
+    bounce_stale_after_days: int = 90
+    bounce_warnings: int = 2
+    bounce_warning_interval_days: int = 7
 
 
 @dataclass(frozen=True)
@@ -234,6 +242,17 @@ def _is_int(lo: int, hi: int | None = None) -> Check:
         if v < lo or (hi is not None and v > hi):
             bound = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
             return f"{v} is out of range, expected an integer {bound}"
+        return None
+
+    return check
+
+
+def _is_number(lo: float) -> Check:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return f"{v!r} is not a number, expected a number >= {lo:g}"
+        if v < lo:
+            return f"{v} is out of range, expected a number >= {lo:g}"
         return None
 
     return check
@@ -392,6 +411,11 @@ SCHEMA: dict[str, dict[str, tuple[Any, Check | None]]] = {
         "request_expiry_days": (30, _is_int(1)),
         "vouches_required": (1, _is_int(0)),
         "require_key_proof": (True, _is_bool),
+        "key_expiry_warning_days": (14, _is_int(1, 365)),
+        "bounce_score_threshold": (3.0, _is_number(1)),
+        "bounce_stale_after_days": (90, _is_int(1)),
+        "bounce_warnings": (2, _is_int(0, 52)),
+        "bounce_warning_interval_days": (7, _is_int(1, 365)),
     },
     "templates": {"dir": ("", _is_str)},
     "autoreply": {
@@ -662,7 +686,9 @@ def parse(path: str, text: str) -> Settings:
                         reporter_update_days=sla["reporter_update_days"]),
         team=TeamSettings(members=members, command_auth=v["team"]["command_auth"]),
         lists=lists,
-        membership=MembershipSettings(**v["membership"]),
+        membership=MembershipSettings(**{
+            **v["membership"],
+            "bounce_score_threshold": float(v["membership"]["bounce_score_threshold"])}),
         templates=TemplateSettings(**v["templates"]),
         autoreply=AutoreplySettings(**v["autoreply"]),
         limits=LimitSettings(**v["limits"]),

@@ -116,6 +116,55 @@ class KeyInfo:
 
 
 @dataclass(frozen=True)
+class KeyValidity:
+    """How long a key can still be encrypted to, judged from the key alone (not from gpg's
+    clock: the caller compares ``expires`` with its own ``now``).
+
+    ``expires``: the earlier of the primary key's expiry and the latest expiry among its
+    encryption-capable subkeys that are not revoked (None: never). ``revoked``: what is
+    revoked, "" when nothing that matters is: "the key" (the primary key), or "every
+    encryption subkey". ``encryption``: whether it has an encryption-capable key at all.
+    """
+
+    fingerprint: str
+    expires: dt.datetime | None
+    revoked: str
+    encryption: bool
+
+
+def _stamp(value: Any) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromtimestamp(int(value), dt.UTC) if value else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def validity_of(k: dict[str, Any]) -> KeyValidity:
+    """``KeyValidity`` from one entry of python-gnupg's ``list_keys`` (see ``Keyring.validity``)."""
+    fingerprint = str(k["fingerprint"]).upper()
+    primary_expires = _stamp(k.get("expires"))
+    if k.get("trust") == "r":
+        return KeyValidity(fingerprint, primary_expires, "the key", True)
+    # Capabilities: the lower-case letters are the key's own, upper-case the whole key's.
+    own_caps = "".join(c for c in str(k.get("cap") or "") if c.islower())
+    usable: list[dt.datetime | None] = [primary_expires] if "e" in own_caps else []
+    revoked = 0
+    for info in (k.get("subkey_info") or {}).values():
+        if "e" not in str(info.get("cap") or "").lower():
+            continue
+        if info.get("trust") == "r":
+            revoked += 1
+            continue
+        usable.append(_stamp(info.get("expires")))
+    if not usable:
+        return KeyValidity(fingerprint, primary_expires,
+                           "every encryption subkey" if revoked else "", False)
+    latest = None if None in usable else max(d for d in usable if d is not None)
+    expires = min((d for d in (primary_expires, latest) if d is not None), default=None)
+    return KeyValidity(fingerprint, expires, "", True)
+
+
+@dataclass(frozen=True)
 class OfferedImport:
     fingerprints: tuple[str, ...] = ()  # the offered keys now known (imported or already held)
     refused: tuple[str, ...] = ()  # why each other key was not imported (never its content)
@@ -288,6 +337,14 @@ class Keyring:
         fingerprint = fingerprint.upper()
         listed = self.gpg.list_keys(keys=[fingerprint])
         return next((_info(k, False) for k in listed if k["fingerprint"] == fingerprint), None)
+
+    def validity(self, fingerprint: str) -> KeyValidity | None:
+        """Expiry and revocation of the public key with this fingerprint (both keyrings; one
+        gpg call), None when neither keyring holds it."""
+        fingerprint = fingerprint.upper()
+        listed = self.gpg.list_keys(keys=[fingerprint])
+        return next((validity_of(k) for k in listed
+                     if str(k.get("fingerprint", "")).upper() == fingerprint), None)
 
     # -- the offered keyring ---------------------------------------------------------------
 

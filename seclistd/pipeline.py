@@ -37,7 +37,7 @@ from seclistd.mail import compose, secure
 from seclistd.mail.classify import Context, Route, classify
 from seclistd.mail.parse import ParsedMail, Unprocessable, check_limits, parse
 from seclistd.models import Case, Message
-from seclistd.workflows import commands, report, reporter_changes, states
+from seclistd.workflows import bounces, commands, report, reporter_changes, states
 
 log = logging.getLogger(__name__)
 _KEY_MARKERS = (b"PGP PUBLIC KEY", b"PGP PRIVATE KEY", b"pgp-keys", b"utocrypt")
@@ -117,12 +117,19 @@ def process(session: Session, now: dt.datetime, settings: Settings, message: Mes
         route = Route("new_report", "new_report") if as_report else classify(Context(
             session=session, mail=mail, raw=raw, own_addresses=report.own_addresses(settings),
             case_prefix=settings.project.case_prefix, max_received=settings.limits.max_received,
-            team=frozenset(m.email for m in settings.team.members)))
+            team=frozenset(m.email for m in settings.team.members),
+            security_address=settings.project.security_address,
+            envelope_to=envelope_recipients(message)))
         budget.check(f"handling it as {route.label}")
     except Unprocessable as exc:
         quarantine(message, str(exc))
         return
     dispatch(session, now, settings, message, mail, unwrapped, route)
+
+
+def envelope_recipients(message: Message) -> tuple[str, ...]:
+    """The envelope recipients the intake recorded (the listener's RCPT TO), if any."""
+    return tuple(a.strip() for a in (message.envelope_to or "").split(",") if a.strip())[:50]
 
 
 def dispatch(session: Session, now: dt.datetime, settings: Settings, message: Message,
@@ -134,6 +141,10 @@ def dispatch(session: Session, now: dt.datetime, settings: Settings, message: Me
         quarantine(message, route.reason or route.label, route.label)
         return
     message.status = "processed"
+    if route.kind == "member_bounce":
+        assert route.member_id is not None
+        bounces.handle(session, now, settings, message, mail, route.member_id)
+        return
     if route.kind == "command":
         case_id = commands.handle(session, now, settings, keyring(settings.gnupg), message, mail,
                                   unwrapped, route.case_id)

@@ -5,6 +5,9 @@ one database never double-fire (APScheduler's FAQ: processes must not share a jo
 Within a sweep each row has its own savepoint (``reminders.sweep``): one row that fails is
 recorded on itself and retried with backoff, and the rest of the sweep goes on.
 ``sweep_once`` runs every sweep once, for ``run --once``; ``start`` schedules them.
+The member sweeps do the same per member (``member_notices.each_member``): bounce warnings
+and removals (``bounces.sweep``, every 10 minutes: cheap, a query for due rows) and the key
+check (``member_keys.sweep``: one gpg call per member, so daily, and at each start).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from seclistd.config import Settings
 from seclistd.db import transaction
 from seclistd.errors import describe, trace
 from seclistd.relay import release_dead_leases
-from seclistd.workflows import notices, reminders
+from seclistd.workflows import bounces, member_keys, notices, reminders
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,8 @@ SWEEPS: dict[str, tuple[Sweep, int]] = {
     "leases": (sweep_leases, 60),
     "sla": (reminders.sweep, 60),
     "digests": (notices.sweep, 60),
+    "bounces": (bounces.sweep, 600),
+    "member_keys": (member_keys.sweep, 86400),
 }
 
 

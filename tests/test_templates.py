@@ -42,9 +42,21 @@ CONTEXT = {"case": CASE, "case_id": "SEC-2026-0042", "project": "Example",
            "what": "a new report was opened",
            "message": 17, "sender": "rita@example.net", "envelope_from": "rita@example.net",
            "size": 2048, "threshold": 5, "count": 1, "more": 0,
-           "lines": ["SEC-2026-0042  2026-11-19 10:00 EST  rita@example.net  Heap overflow"]}
+           "lines": ["SEC-2026-0042  2026-11-19 10:00 EST  rita@example.net  Heap overflow"],
+           # A list member's reachability (bounces, key expiry).
+           "member": {"email": "security@distro.example.net", "organization": "Distro",
+                      "list_name": "distributors", "name": "Distro security"},
+           "score": "3", "warning": 1, "warnings": 2, "sweep": "key",
+           "remove_at": "Saturday 12 December 2026, 10:00 EST",
+           "fingerprint": "0123456789ABCDEF0123456789ABCDEF01234567"}
 # Mail about a quarantined message concerns no case (yet): it names the message instead.
 ABOUT_QUARANTINE = {"team_quarantined.txt.j2", "team_quarantine_digest.txt.j2"}
+# Mail about a list member's reachability names the member and concerns no case.
+ABOUT_MEMBER = {"member_bounce_suspended.txt.j2", "member_bounce_warning.txt.j2",
+                "member_bounce_removed.txt.j2", "team_member_bounces.txt.j2",
+                "member_key_expiring.txt.j2", "member_key_suspended.txt.j2",
+                "member_key_resumed.txt.j2", "team_member_key.txt.j2",
+                "team_member_sweep_failed.txt.j2"}
 
 
 def test_every_template_renders_with_realistic_data():
@@ -58,6 +70,8 @@ def test_every_template_renders_with_realistic_data():
         text = render(name, "", **CONTEXT)
         if name in ABOUT_QUARANTINE:
             assert "seclistd quarantine show" in text, name
+        elif name in ABOUT_MEMBER:
+            assert "security@distro.example.net" in text and "SEC-" not in text, name
         else:
             assert "SEC-2026-0042" in text, name
         assert "{{" not in text and "{%" not in text, name

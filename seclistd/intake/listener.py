@@ -5,6 +5,11 @@ and hands the bytes to ``store.accept`` in a worker thread. Only our own address
 accepted as recipients. Any failure answers 451 so the client keeps the message and
 retries; oversized messages are refused by aiosmtpd with 552 before they are read.
 LMTP answers one line per recipient.
+
+Recipients: our own addresses, and the security address with any ``+detail``
+(``security+bounce-TOKEN@…`` is a list member's own return path, ``mail.verp``), as
+Postfix's ``recipient_delimiter = +`` would deliver them. The envelope recipients go to
+``accept`` and decide whether a message is a member's bounce (``classify.bounce_token``).
 """
 
 from __future__ import annotations
@@ -36,10 +41,20 @@ class Handler:
         self.clock = clock
         self.on_commit = on_commit
         self.own = own_addresses(settings)
+        local, _, domain = settings.project.security_address.lower().rpartition("@")
+        self.detail_prefix, self.domain = f"{local}+", domain
+
+    def accepts(self, address: str) -> bool:
+        """One of our own addresses, or the security address with a ``+detail``."""
+        address = address.lower()
+        if address in self.own:
+            return True
+        local, _, domain = address.rpartition("@")
+        return domain == self.domain and local.startswith(self.detail_prefix)
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
-        if address.lower() not in self.own:
+        if not self.accepts(address):
             return "550 5.1.1 no such mailbox here"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"

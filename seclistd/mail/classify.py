@@ -1,10 +1,12 @@
 """Classification: ordered rule functions turn a parsed message into a Route.
 
-Order matters and is the policy: loops are refused first; bounces and automatic replies are
-attached to the case they answer (or quarantined when they answer nothing of ours, so they
-never open a case that pages the team); then replies on an existing case (In-Reply-To and
-References first, the ``[SEC-…]`` subject tag second); a message without a usable From is
-quarantined; everything else is a new report.
+Order matters and is the policy: loops are refused first; mail to a list member's own
+return path (``security+bounce-TOKEN@…``, ``mail.verp``) is that member's bounce
+(``rule_member_bounce``); other bounces and automatic replies are attached to the case they
+answer (or quarantined when they answer nothing of ours, so they never open a case that
+pages the team); then replies on an existing case (In-Reply-To and References first, the
+``[SEC-…]`` subject tag second); a message without a usable From is quarantined; everything
+else is a new report.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from seclistd.mail import loops
+from seclistd.list_models import Member
+from seclistd.mail import loops, verp
 from seclistd.mail.parse import ParsedMail
 from seclistd.models import Case, Message, Outbox
 from seclistd.workflows.commands import looks_like_command
@@ -26,10 +29,11 @@ _DSN_MSGID = re.compile(rb"^message-id:[ \t]*(<[^<>\s]{1,900}>)", re.I | re.M)
 
 @dataclass(frozen=True)
 class Route:
-    kind: str  # "quarantine" | "command" | "reply" | "new_report"
+    kind: str  # "quarantine" | "command" | "reply" | "new_report" | "member_bounce"
     label: str  # what the message is: loop, bounce, auto_reply, reply, new_report, ...
     case_id: str | None = None
     reason: str | None = None
+    member_id: int | None = None  # for "member_bounce": the member its return path names
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,9 @@ class Context:
     case_prefix: str
     max_received: int
     team: frozenset[str] = frozenset()
+    security_address: str = ""
+    # The envelope recipients the intake saw (the listener's RCPT TO), if it saw them.
+    envelope_to: tuple[str, ...] = ()
 
 
 def case_by_thread(session: Session, ids: list[str]) -> str | None:
@@ -79,6 +86,45 @@ def threaded_case(ctx: Context) -> str | None:
 def rule_loop(ctx: Context) -> Route | None:
     reason = loops.loop_reason(ctx.mail, ctx.own_addresses, ctx.max_received)
     return Route("quarantine", "loop", reason=reason) if reason else None
+
+
+def bounce_token(ctx: Context) -> str | None:
+    """The member bounce token of the return path this message came back to, if any.
+
+    The envelope recipient decides when the intake knows it (the built-in listener): then
+    headers are not read at all. Otherwise (IMAP, ``ingest``) the headers the delivering
+    MTA writes are read, in this order: ``X-Original-To`` (Postfix), ``Delivered-To``
+    (Postfix's local delivery and Dovecot's LMTP), then To and Cc (a DSN is addressed to
+    the envelope sender). A header can be forged, but only to name a token one already
+    knows: the tokens are random and go only to the member's own mail system.
+    """
+    if not ctx.security_address:
+        return None
+    if ctx.envelope_to:
+        candidates: list[str] = list(ctx.envelope_to)
+    else:
+        mail = ctx.mail
+        candidates = [*mail.headers.get("x-original-to", [])[:10],
+                      *mail.headers.get("delivered-to", [])[:10], *mail.to_addrs[:20]]
+    for candidate in candidates:
+        token = verp.token_of(candidate[:400], ctx.security_address)
+        if token is not None:
+            return token
+    return None
+
+
+def rule_member_bounce(ctx: Context) -> Route | None:
+    """Mail to a member's return path: that member's bounce (or automatic reply); a token
+    that names no member is quarantined (a forgery, or a member deleted since)."""
+    token = bounce_token(ctx)
+    if token is None:
+        return None
+    member_id = ctx.session.scalars(select(Member.id).where(Member.bounce_token == token)
+                                    ).first()
+    if member_id is None:
+        return Route("quarantine", "bounce", reason="sent to a member bounce address "
+                     f"({verp.PREFIX}…) whose token names no list member")
+    return Route("member_bounce", "member_bounce", member_id=member_id)
 
 
 def rule_bounce(ctx: Context) -> Route | None:
@@ -127,8 +173,8 @@ def rule_new_report(ctx: Context) -> Route | None:
 
 
 RULES: tuple[Callable[[Context], Route | None], ...] = (
-    rule_loop, rule_bounce, rule_auto_reply, rule_command, rule_reply, rule_sender,
-    rule_new_report,
+    rule_loop, rule_member_bounce, rule_bounce, rule_auto_reply, rule_command, rule_reply,
+    rule_sender, rule_new_report,
 )
 
 
