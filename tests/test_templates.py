@@ -48,7 +48,8 @@ CONTEXT = {"case": CASE, "case_id": "SEC-2026-0042", "project": "Example",
                       "list_name": "distributors", "name": "Distro security"},
            "score": "3", "warning": 1, "warnings": 2, "sweep": "key",
            "remove_at": "Saturday 12 December 2026, 10:00 EST",
-           "fingerprint": "0123456789ABCDEF0123456789ABCDEF01234567"}
+           "fingerprint": "0123456789ABCDEF0123456789ABCDEF01234567",
+           "list_address": "distributors@example.org"}
 # Mail about a quarantined message concerns no case (yet): it names the message instead.
 ABOUT_QUARANTINE = {"team_quarantined.txt.j2", "team_quarantine_digest.txt.j2"}
 # Mail about a list member's reachability names the member and concerns no case.
@@ -57,6 +58,8 @@ ABOUT_MEMBER = {"member_bounce_suspended.txt.j2", "member_bounce_warning.txt.j2"
                 "member_key_expiring.txt.j2", "member_key_suspended.txt.j2",
                 "member_key_resumed.txt.j2", "team_member_key.txt.j2",
                 "team_member_sweep_failed.txt.j2"}
+# Mail to a list member about the list itself (no case, no member details).
+ABOUT_LIST = {"member_key_needed.txt.j2"}
 
 
 def test_every_template_renders_with_realistic_data():
@@ -70,6 +73,8 @@ def test_every_template_renders_with_realistic_data():
         text = render(name, "", **CONTEXT)
         if name in ABOUT_QUARANTINE:
             assert "seclistd quarantine show" in text, name
+        elif name in ABOUT_LIST:
+            assert "distributors@example.org" in text and "SEC-" not in text, name
         elif name in ABOUT_MEMBER:
             assert "security@distro.example.net" in text and "SEC-" not in text, name
         else:
