@@ -45,6 +45,13 @@ CONTEXT = {"case": CASE, "case_id": "SEC-2026-0042", "project": "Example",
            "lines": ["SEC-2026-0042  2026-11-19 10:00 EST  rita@example.net  Heap overflow"]}
 # Mail about a quarantined message concerns no case (yet): it names the message instead.
 ABOUT_QUARANTINE = {"team_quarantined.txt.j2", "team_quarantine_digest.txt.j2"}
+# Mail about a distributors-list member concerns no case: it names the member.
+ABOUT_MEMBER = {"member_added.txt.j2", "member_removed.txt.j2", "member_suspended.txt.j2",
+                "member_resumed.txt.j2", "team_member_changed.txt.j2"}
+CONTEXT.update({"list_name": "distributors", "list_address": "distributors@example.org",
+                "email": "security@distro.example", "organization": "Distro",
+                "fingerprint": "0123456789ABCDEF0123456789ABCDEF01234567", "remedy": "",
+                "state": "suspended"})
 
 
 def test_every_template_renders_with_realistic_data():
@@ -58,6 +65,8 @@ def test_every_template_renders_with_realistic_data():
         text = render(name, "", **CONTEXT)
         if name in ABOUT_QUARANTINE:
             assert "seclistd quarantine show" in text, name
+        elif name in ABOUT_MEMBER:
+            assert "security@distro.example" in text, name
         else:
             assert "SEC-2026-0042" in text, name
         assert "{{" not in text and "{%" not in text, name
