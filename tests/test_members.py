@@ -390,3 +390,16 @@ def test_keys_with_secret_parts_compressed_packets_or_revoked_are_refused(
     assert run_json(env, "members", "list", at=MACHINE_CLOCK) == []
     listed = run_json(env, "keys", "list", at=MACHINE_CLOCK)
     assert not any(k["secret"] for k in listed)
+
+
+def test_table_text_is_cleaned_and_long_lines_are_not_parsed():
+    from seclistd.workflows import member_table
+
+    text = ("| Email | Organization |\n|---|---|\n"
+            "| a@evil.example | Good\u202eCorp\x1b[2J |\n"
+            "| " + "b" * 5000 + "@long.example | Long |\n")
+    parsed = member_table.parse(text)
+    assert [(r.email, r.organization) for r in parsed.rows] == [("a@evil.example",
+                                                                 "Good Corp [2J")]
+    assert [(s.line, s.reason) for s in parsed.skipped] == [
+        (4, "the line is over 2000 characters")]

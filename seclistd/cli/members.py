@@ -252,6 +252,7 @@ def register(sub: Any, add: Add, parents: list[Parser]) -> None:
     p = with_list(add("resume", cmd_members_change, "make a suspended member active again "
                       "(it is told)", group_sub))
     p.add_argument("email", type=mail_address, metavar="EMAIL")
+    p.add_argument("--reason", metavar="TEXT", help="a note for the record (optional)")
     p = with_list(add("import", cmd_members_import, "add the members a Markdown table lists "
                       "(| Email | Organization |); reports each row skipped and why; no mail "
                       "is sent", group_sub))

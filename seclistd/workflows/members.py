@@ -90,6 +90,9 @@ def address_problem(text: str) -> str | None:
 
 
 def clean_organization(text: str) -> str:
+    """One line of printable text: no controls, no bidirectional overrides or other
+    invisible formatting (the name is published in the exported table)."""
+    text = "".join(c if c.isprintable() else " " for c in text or "")
     return compose.clean(text, MAX_ORGANIZATION)
 
 
