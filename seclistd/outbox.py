@@ -56,8 +56,10 @@ def enqueue(session: Session, now: dt.datetime, settings: Settings, *, kind: str
     recipient is written in its canonical spelling (one mailbox, one spelling: what the
     per-sender limit counts).
 
-    Mail to a list ``member`` goes out with the member's own return path (``mail.verp``) and
-    is encrypted to the member's pinned key; confidential mail without one is held.
+    Mail to a list ``member`` goes out with the member's own return path (``mail.verp``);
+    confidential mail is encrypted to the member's pinned key (held without one); a
+    content-free note (``confidential=False``) is encrypted when that key can be used and
+    goes in plaintext when it cannot (none pinned, expired, revoked).
     ``encrypt_to`` names the key for anyone else (a join request's applicant); confidential
     mail given one may go out only encrypted to it. ``request_id`` ties it to a join request.
     """
@@ -72,13 +74,19 @@ def enqueue(session: Session, now: dt.datetime, settings: Settings, *, kind: str
         loop_address=project.security_address)
     envelope_from = project.security_address
     if member is not None:
+        # Content-free notes (a suspension, a key that expired) are encrypted when the pinned
+        # key can be used and must reach the member when it cannot: the relay then sends
+        # them in plaintext (must_encrypt False).
         encrypt_to, must_encrypt = member.fingerprint, True
         envelope_from = verp.bounce_address(project.security_address, member.bounce_token)
     elif encrypt_to is not None:
         must_encrypt = True
     else:
         encrypt_to, must_encrypt = recipient_key(settings, case, to)
-    must_encrypt = must_encrypt and (confidential or encrypt_to is not None)
+    if member is not None:
+        must_encrypt = confidential
+    else:
+        must_encrypt = must_encrypt and (confidential or encrypt_to is not None)
     row = Outbox(case_id=case.id if case else None, kind=kind, auto=auto,
                  request_id=request_id, member_id=member.id if member is not None else None,
                  to_addr=to, envelope_from=envelope_from,

@@ -61,7 +61,7 @@ Sealer = Callable[[bytes, "str | None", bool], tuple[bytes, bool]]
 
 def plain_only(raw: bytes, encrypt_to: str | None, must_encrypt: bool) -> tuple[bytes, bool]:
     """The sealer when no GnuPG home is set up: anything that must be encrypted is held."""
-    if encrypt_to or must_encrypt:
+    if must_encrypt:
         raise Hold("this mail must go out encrypted and no GnuPG keyring is available")
     return raw, False
 
@@ -86,6 +86,10 @@ def sealer(settings: Settings) -> Sealer:
                 raw, lambda inner: ring.encrypt(inner, encrypt_to, sign=settings.gnupg.key or None),
                 boundary=f"seclistd-{secrets.token_hex(12)}")
         except CryptoError as exc:
+            if not must_encrypt:  # a content-free note to a key that can no longer be used
+                log.warning("cannot encrypt to %s (%s); the mail carries nothing "
+                            "confidential and goes in plaintext", encrypt_to, exc)
+                return raw, False
             raise Hold(f"cannot encrypt to {encrypt_to}: {exc}") from exc
         return sealed, True
 

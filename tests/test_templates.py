@@ -52,12 +52,17 @@ CONTEXT = {"case": CASE, "case_id": "SEC-2026-0042", "project": "Example",
            "list_address": "distributors@example.org"}
 # Mail about a quarantined message concerns no case (yet): it names the message instead.
 ABOUT_QUARANTINE = {"team_quarantined.txt.j2", "team_quarantine_digest.txt.j2"}
-# Mail about a list member's reachability names the member and concerns no case.
+# Mail about a list member (reachability, membership changes) names the member and
+# concerns no case.
 ABOUT_MEMBER = {"member_bounce_suspended.txt.j2", "member_bounce_warning.txt.j2",
                 "member_bounce_removed.txt.j2", "team_member_bounces.txt.j2",
                 "member_key_expiring.txt.j2", "member_key_suspended.txt.j2",
                 "member_key_resumed.txt.j2", "team_member_key.txt.j2",
-                "team_member_sweep_failed.txt.j2"}
+                "team_member_sweep_failed.txt.j2",
+                "member_added.txt.j2", "member_removed.txt.j2", "member_suspended.txt.j2",
+                "member_resumed.txt.j2", "team_member_changed.txt.j2"}
+CONTEXT.update({"list_name": "distributors", "email": "security@distro.example",
+                "organization": "Distro", "remedy": "", "state": "suspended"})
 # Mail to a list member about the list itself (no case, no member details).
 ABOUT_LIST = {"member_key_needed.txt.j2"}
 
@@ -76,7 +81,7 @@ def test_every_template_renders_with_realistic_data():
         elif name in ABOUT_LIST:
             assert "distributors@example.org" in text and "SEC-" not in text, name
         elif name in ABOUT_MEMBER:
-            assert "security@distro.example.net" in text and "SEC-" not in text, name
+            assert "security@distro.example" in text and "SEC-" not in text, name
         else:
             assert "SEC-2026-0042" in text, name
         assert "{{" not in text and "{%" not in text, name

@@ -53,14 +53,11 @@ def when(settings: Settings, at: dt.datetime) -> str:
 
 def tell_member(session: Session, now: dt.datetime, settings: Settings, member: Member, *,
                 kind: str, subject: str, template: str, **extra: object) -> Outbox:
-    """A content-free note to the member, in plaintext, with its own return path."""
+    """A content-free note to the member with its own return path: encrypted when its key
+    can be used, in plaintext when it cannot (``outbox.enqueue``, ``confidential=False``)."""
     body = render(template, settings.templates.dir, **context(settings, member, **extra))
-    row = enqueue(session, now, settings, kind=kind, to=member.email, to_name=member.name,
-                  subject=subject, body=body, member=member, confidential=False)
-    # enqueue() encrypts all mail to a member to its pinned key; this note holds nothing
-    # of a case and must reach a member whose key expired or was revoked.
-    row.encrypt_to, row.must_encrypt = None, False
-    return row
+    return enqueue(session, now, settings, kind=kind, to=member.email, to_name=member.name,
+                   subject=subject, body=body, member=member, confidential=False)
 
 
 def tell_team(session: Session, now: dt.datetime, settings: Settings, member: Member, *,
