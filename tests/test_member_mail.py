@@ -106,3 +106,23 @@ def test_a_key_is_never_taken_from_the_keyring_for_a_member(world: World):
     assert not any(r.message.get_content_type() == "multipart/encrypted"
                    for r in world.sink.to(REPORTER))
     assert [r.status for r in rows(world) if r.kind == "test_notice"] == ["held"]
+
+
+def test_unusable_key_holds_confidential_mail_but_not_a_content_free_note(world: World):
+    """The pinned key is not in the keyring (as for a key gpg can no longer use): the notice
+    is held, a content-free note still reaches the member, in plaintext."""
+    from seclistd.outbox import enqueue
+
+    member_id = add_member(world, fingerprint=world.mallory_fpr)  # never imported
+    notify(world, member_id, 1)
+    with db.transaction(world.factory) as session:
+        member = session.get(Member, member_id)
+        enqueue(session, world.now(), world.settings, kind="member_note", to=member.email,
+                subject="Your membership", body="Your key cannot be used.", member=member,
+                confidential=False)
+    world.deliver()
+    assert {r.kind: r.status for r in rows(world)} == {"test_notice": "held",
+                                                       "member_note": "sent"}
+    [note] = world.sink.to(REPORTER)
+    assert note.message.get_content_type() == "text/plain"
+    assert "Your key cannot be used." in note.message.get_content()
