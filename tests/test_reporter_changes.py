@@ -5,6 +5,7 @@ need the pinned key's signature or the one-time code mailed to the reporter's ad
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import uuid
@@ -14,10 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from seclistd import db
-from seclistd.models import Event, Outbox, PendingChange
+from seclistd import config, db
+from seclistd.models import Event, Message, Outbox, PendingChange
 from seclistd.workflows import lifecycle
-from tests.components import Sink
+from tests.components import Sink, write_config
 from tests.pgp import encrypted_mail, entity, headers, signed_mail, with_key_attached
 from tests.test_openpgp import REPORT_TEXT, REPORTER, World, make_world
 
@@ -290,3 +291,21 @@ def test_an_encrypted_reply_does_not_hold_the_answers(world: World):
     assert [r for r in world.sink.to(REPORTER) if "on it" in r.raw.decode()]
     with world.factory() as session:
         assert not session.scalars(select(Outbox).where(Outbox.status == "held")).all()
+
+
+def test_an_encrypted_reply_reaches_a_member_without_a_key_only_as_a_notice(world: World):
+    # Alice has no fingerprint on record: her copies can only go out in plaintext.
+    path = write_config(world.tmp, relay_port=world.sink.port, team=["alice@example.org"],
+                        gnupg_home=world.project.path, gnupg_key=world.project_fpr)
+    w = dataclasses.replace(world, settings=config.load(str(path)))
+    case_id = w.open_case()  # a plain report
+    armored = w.mallory.encrypt(b"Content-Type: text/plain\r\n\r\nThe secret is hunter2.\r\n",
+                                w.project_fpr)
+    w.ingest(encrypted_mail(REPORTER, f"Re: [{case_id}] more", armored))
+    w.deliver()
+    to_alice = [r.raw.decode() for r in w.sink.to("alice@example.org")]
+    assert any("Encrypted case: content withheld" in m for m in to_alice)
+    assert not [m for m in to_alice if "hunter2" in m]
+    with w.factory() as session:  # the text itself is on the case, for `cases show`
+        texts = session.scalars(select(Message.text).where(Message.case_id == case_id)).all()
+    assert any("hunter2" in (t or "") for t in texts)

@@ -309,12 +309,14 @@ def send_to_reporter(session: Session, now: dt.datetime, settings: Settings, cas
 
 def notify_team(session: Session, now: dt.datetime, settings: Settings, case: Case, *,
                 kind: str, subject: str, body: str, handler_only: bool = False,
-                private: bool = False) -> list[str]:
+                private: bool = False, encrypted: bool = False) -> list[str]:
     """Mail the handler (when ``handler_only`` and assigned) or every team member.
 
-    ``private``: the body holds the reporter's words. On an encrypted case a member without
-    a fingerprint on record (whose copy could only go out in plaintext) gets a notice that
-    says where to read it instead, with nothing of the content, not even the subject.
+    ``private``: the body holds the reporter's words. On an encrypted case, or when those
+    words came encrypted (``encrypted``: a reporter's encrypted reply on a plain case), a
+    member without a fingerprint on record (whose copy could only go out in plaintext) gets
+    a notice that says where to read it instead, with nothing of the content, not even the
+    subject.
     """
     members = settings.team.members
     if handler_only and case.handler:
@@ -322,7 +324,7 @@ def notify_team(session: Session, now: dt.datetime, settings: Settings, case: Ca
         members = tuple(m for m in members if m.email == case.handler) or (
             TeamMember(email=case.handler),)
     for member in members:
-        if private and case.encrypted and not member.fingerprint:
+        if private and (case.encrypted or encrypted) and not member.fingerprint:
             notice = render("team_encrypted_notice.txt.j2", settings.templates.dir,
                             case_id=case.id, what=NEWS.get(kind, "there is news"),
                             security_address=settings.project.security_address)

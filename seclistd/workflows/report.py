@@ -214,12 +214,13 @@ def attach_reply(session: Session, now: dt.datetime, settings: Settings, case: C
         if not notes:  # a confirmation asks for nothing new
             notes = reporter_changes.on_reply(session, now, settings, case, message, mail.text,
                                               evidence)
-        _reporter_wrote(session, now, settings, case, mail, notes)
+        _reporter_wrote(session, now, settings, case, mail, notes,
+                        encrypted=bool(message.encrypted))
     states.record(session, now, case, actor=who, action=label, detail=detail)
 
 
 def _reporter_wrote(session: Session, now: dt.datetime, settings: Settings, case: Case,
-                    mail: ParsedMail, notes: list[str]) -> None:
+                    mail: ParsedMail, notes: list[str], *, encrypted: bool = False) -> None:
     if case.missing_information:
         earlier = session.scalars(select(Message.text).where(
             Message.case_id == case.id, Message.from_addr == case.reporter)).all()
@@ -236,7 +237,7 @@ def _reporter_wrote(session: Session, now: dt.datetime, settings: Settings, case
                   text=mail.text, attachments=[a for a in mail.attachments if a], notes=notes)
     lifecycle.notify_team(session, now, settings, case, kind="reporter_forward",
                           subject=f"Reporter wrote: {case.subject}", body=body,
-                          handler_only=True, private=True)
+                          handler_only=True, private=True, encrypted=encrypted)
 
 
 def own_addresses(settings: Settings) -> frozenset[str]:
