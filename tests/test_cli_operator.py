@@ -201,6 +201,19 @@ def test_actions_that_take_text_refuse_empty_text(env: Env):
     assert json.loads(ok(env, "cases", "show", case_id, "--json").stdout)["state"] == "confirmed"
 
 
+def test_ingest_refuses_empty_input_and_stores_nothing(env: Env, tmp_path: Path):
+    empty = tmp_path / "empty.eml"
+    empty.write_bytes(b"")
+    for done in (cli(env.path, "ingest", "-", input=b""),
+                 cli(env.path, "ingest", "-", input=b"\r\n \n"),
+                 cli(env.path, "ingest", str(empty))):
+        assert done.returncode == 1, done.stderr
+        assert "it is empty, expected a file with one raw message" in one_line(done)
+    status = json.loads(ok(env, "status", "--json").stdout)
+    assert status["messages_total"] == 0 and status["quarantined"] == 0
+    assert json.loads(ok(env, "outbox", "list", "--json").stdout) == []  # nobody was told
+
+
 # -- 3. never a traceback --------------------------------------------------------------------
 
 def test_a_second_daemon_on_the_same_port_says_so_in_one_line(tmp_path: Path):

@@ -117,6 +117,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                   "message", file=sys.stderr)
             failed = True
             continue
+        if not raw.strip():  # a file or pipe left empty: nothing to store, tell, or page about
+            print(f"{name}: it is empty, expected a file with one raw message",
+                  file=sys.stderr)
+            failed = True
+            continue
         outcome = accept(factory, settings, raw, source="ingest", now=now())
         doc = {"file": name, "message": outcome.id, "status": outcome.status,
                "duplicate": outcome.duplicate, "case_id": outcome.case_id,
