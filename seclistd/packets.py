@@ -71,6 +71,48 @@ def packets(data: bytes) -> Iterator[Packet]:
         pos = end
 
 
+PKESK, SKESK = 1, 3  # public-key and symmetric-key encrypted session keys
+
+
+def session_keys(data: bytes, limit: int) -> int:
+    """How many session-key packets (one per recipient, or per passphrase) lead the
+    encrypted message ``data`` (armored or binary), counting no further than ``limit + 1``.
+
+    gpg tries the project key on every one of them (through gpg-agent: about 25 s per MB
+    of such packets), so a message made of thousands is refused before gpg sees it. The
+    walk stops at the first other packet; anything it cannot frame counts as none (gpg
+    then judges the message as it would)."""
+    if data.lstrip()[:len(_BEGIN)] == _BEGIN:
+        try:
+            data = _armor_body(data)
+        except NotAPublicKey:
+            return 0
+    count, pos = 0, 0
+    try:
+        while pos < len(data) and count <= limit:
+            first = data[pos]
+            if not first & 0x80:
+                break
+            new_format = bool(first & 0x40)
+            tag = first & 0x3F if new_format else (first >> 2) & 0x0F
+            if tag not in (PKESK, SKESK):
+                break
+            if new_format:
+                length, head = _new_length(data, pos + 1)
+            else:
+                length_type = first & 0x03
+                if length_type == 3:
+                    break
+                octets = (1, 2, 4)[length_type]
+                length = int.from_bytes(data[pos + 1:pos + 1 + octets], "big")
+                head = 1 + octets
+            count += 1
+            pos += head + length
+    except NotAPublicKey:  # a partial length or a truncated header: no session key packet
+        pass
+    return count
+
+
 def _new_length(data: bytes, at: int) -> tuple[int, int]:
     """(body length, header length) of a new-format packet whose length starts at ``at``."""
     if at >= len(data):
@@ -157,6 +199,12 @@ def dearmor(block: bytes) -> bytes:
         raise NotAPublicKey("it holds secret key material")
     if label != b"PUBLIC KEY BLOCK":
         raise NotAPublicKey("it is not an armored public key block")
+    return _armor_body(block)
+
+
+def _armor_body(block: bytes) -> bytes:
+    """The base64 content of an armored block of any label, decoded (linear)."""
+    lines = block.strip().splitlines()
     body: list[bytes] = []
     in_headers = True
     for line in lines[1:]:

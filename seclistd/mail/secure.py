@@ -29,6 +29,8 @@ PGP_MIME_TYPES = ("multipart/encrypted", "multipart/signed")
 INLINE_MARKER = pgpmime.MESSAGE[0]
 T = TypeVar("T")
 _AUTOCRYPT_KEYDATA = re.compile(r"keydata=([A-Za-z0-9+/=\s]+)", re.I)
+MAX_RECIPIENTS = 32  # session-key packets an encrypted message may lead with
+DECRYPT_RATIO, DECRYPT_FLOOR = 100, 8 * 1024 * 1024
 MAX_OFFERED_KEYS = 3  # keys looked at per message; each costs two gpg runs
 MAX_KEY_BYTES = 64 * 1024  # per key blob as sent (armored or binary)
 
@@ -68,14 +70,32 @@ def unwrap(raw: bytes, content_type: str, keyring_of: Callable[[], Keyring | Non
     if keyring is None:
         return Unwrapped(encrypted=True, inline=not is_mime,
                          problem="cannot decrypt: no GnuPG home configured")
-    result = keyring.decrypt(data, limits.max_decrypted_bytes)
+    recipients = packets.session_keys(data, MAX_RECIPIENTS)
+    if recipients > MAX_RECIPIENTS:
+        return Unwrapped(encrypted=True, inline=not is_mime,
+                         problem=f"cannot decrypt: it is encrypted to more than "
+                                 f"{MAX_RECIPIENTS} recipients, which no report needs")
+    cap = decrypted_cap(len(data), limits.max_decrypted_bytes)
+    result = keyring.decrypt(data, cap)
+    if result.too_big:
+        return Unwrapped(encrypted=True, inline=not is_mime, too_big=True,
+                         problem=f"decrypted content exceeds {cap} bytes, the most "
+                                 f"{len(data)} encrypted bytes may decrypt to "
+                                 f"(limits.max_decrypted_bytes, and {DECRYPT_RATIO} times the "
+                                 f"encrypted size above {DECRYPT_FLOOR} bytes)")
     if not result.ok:
-        return Unwrapped(encrypted=True, inline=not is_mime, problem=result.problem,
-                         too_big=result.too_big)
+        return Unwrapped(encrypted=True, inline=not is_mime, problem=result.problem)
     inner = result.data
     signed = _safely(pgpmime.signed_parts, inner) if is_mime else None
     return Unwrapped(encrypted=True, decrypted=inner, inline=not is_mime,
                      inner_verification=result.verification, signed=signed)
+
+
+def decrypted_cap(encrypted_bytes: int, max_decrypted_bytes: int) -> int:
+    """The most a message may decrypt to: ``limits.max_decrypted_bytes``, and no more than
+    ``DECRYPT_RATIO`` times its encrypted size above ``DECRYPT_FLOOR``. Text and logs
+    compress 5-20 times; 6.5 KB of compressed zeros expand to 31 MB, stored whole."""
+    return min(max_decrypted_bytes, max(DECRYPT_FLOOR, DECRYPT_RATIO * encrypted_bytes))
 
 
 def _safely(analyse: Callable[[bytes], T], data: bytes) -> T | None:
