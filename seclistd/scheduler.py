@@ -20,7 +20,7 @@ from seclistd.config import Settings
 from seclistd.db import transaction
 from seclistd.errors import describe, trace
 from seclistd.relay import release_dead_leases
-from seclistd.workflows import notices, reminders
+from seclistd.workflows import notices, reminders, requests
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ SWEEPS: dict[str, tuple[Sweep, int]] = {
     "leases": (sweep_leases, 60),
     "sla": (reminders.sweep, 60),
     "digests": (notices.sweep, 60),
+    "requests": (requests.sweep, 300),  # join requests silent past their expiry
 }
 
 
