@@ -136,11 +136,30 @@ class TeamSettings:
     command_auth: str = "pgp"
 
 
+CRITERION_ROLES = ("contact", "pgp", "embargo", "contribute", "voucher", "link")
+_CRITERION_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class CriterionSettings:
+    """One membership criterion of a list's own (``[[lists]] criteria`` as tables or texts).
+
+    ``phrases`` are extra wordings that recognise it in an applicant's copy; ``role`` is ""
+    or one of ``CRITERION_ROLES`` (what the join workflow reads from its answer).
+    """
+
+    id: str
+    text: str
+    phrases: tuple[str, ...] = ()
+    role: str = ""
+
+
 @dataclass(frozen=True)
 class ListSettings:
     name: str
     address: str
-    criteria: str | tuple[str, ...] = "oci"
+    # "oci", "kubernetes" (presets of seclistd.workflows.criteria) or the list's own.
+    criteria: str | tuple[CriterionSettings, ...] = "oci"
     require_encryption: bool = True
     max_embargo_days: int = 14
     public_addresses: tuple[str, ...] = ()
@@ -510,6 +529,55 @@ def _team_members(r: _Reader, raw: Any) -> tuple[TeamMember, ...]:
     return tuple(members)
 
 
+def _own_criteria(r: _Reader, where: str, raw: list[Any]) -> tuple[CriterionSettings, ...]:
+    """A list's own criteria: texts (ids c1, c2, ... by position) or tables
+    ``{ id, text, phrases, role }``; ids unique, texts non-empty."""
+    expected = ('expected a criterion text or { id = "...", text = "...", '
+                'phrases = ["...", ...] }')
+    out: list[CriterionSettings] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        at = f"{where}[{i}]"
+        if isinstance(item, str):
+            item = {"id": f"c{i + 1}", "text": item}
+        elif not isinstance(item, dict):
+            r.problem(at, f"{item!r} is not allowed, {expected}")
+            continue
+        for key in item:
+            if key not in ("id", "text", "phrases", "role"):
+                r.problem(f"{at}.{key}", "unknown key, expected id, text, phrases or role")
+        cid, text = item.get("id"), item.get("text")
+        phrases, role = item.get("phrases", []), item.get("role", "")
+        ok = True
+        if not isinstance(cid, str) or not _CRITERION_ID.match(cid):
+            r.problem(f"{at}.id", f"{cid!r} is not a criterion id, expected 1-32 lower-case "
+                      "letters, digits, - or _ (e.g. \"pgp\")")
+            ok = False
+        elif cid in seen:
+            r.problem(f"{at}.id", f"{cid!r} is used twice, expected each id once")
+            ok = False
+        if not isinstance(text, str) or not text.strip():
+            r.problem(f"{at}.text", f"{text!r} is empty or missing, expected the criterion "
+                      "in your own words")
+            ok = False
+        bad = _str_list(_is_str)(phrases)
+        if bad:
+            r.problem(f"{at}.phrases", bad)
+            ok = False
+        if role not in ("", *CRITERION_ROLES):
+            r.problem(f"{at}.role", _one_of("", *CRITERION_ROLES)(role) or "")
+            ok = False
+        if ok:
+            seen.add(cid)
+            out.append(CriterionSettings(
+                id=cid, text=" ".join(text.split()),
+                phrases=tuple(p.strip() for p in phrases if p.strip()), role=role))
+    roles = [c.role for c in out if c.role]
+    for role in sorted({x for x in roles if roles.count(x) > 1}):
+        r.problem(where, f"role {role!r} is given to several criteria, expected it once")
+    return tuple(out)
+
+
 def _lists(r: _Reader, raw: Any) -> tuple[ListSettings, ...]:
     if raw is None:
         return ()
@@ -520,11 +588,12 @@ def _lists(r: _Reader, raw: Any) -> tuple[ListSettings, ...]:
     for i, item in enumerate(raw):
         values = r.section(f"lists[{i}]", item, LIST_SCHEMA)
         crit = values["criteria"]
-        if isinstance(crit, list) and all(isinstance(c, str) for c in crit) and crit:
-            crit = tuple(crit)
+        if isinstance(crit, list) and crit:
+            crit = _own_criteria(r, f"lists[{i}].criteria", crit)
         elif crit not in ("oci", "kubernetes"):
             r.problem(f"lists[{i}].criteria", f"{crit!r} is not allowed, expected \"oci\", "
-                      "\"kubernetes\" or a list of criteria texts")
+                      "\"kubernetes\" or a list of criteria (texts, or tables "
+                      "{ id, text, phrases })")
             crit = "oci"
         values["criteria"] = crit
         values["public_addresses"] = tuple(values["public_addresses"])
