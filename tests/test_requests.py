@@ -25,7 +25,15 @@ from seclistd.list_models import JoinRequest, Member
 from seclistd.models import Outbox
 from seclistd.workflows import member_states, requests
 from tests.components import MACHINE_CLOCK, Received, Sink, cli, write_config
-from tests.pgp import Home, entity, headers, new_home, signed_mail, with_key_attached
+from tests.pgp import (
+    Home,
+    encrypted_mail,
+    entity,
+    headers,
+    new_home,
+    signed_mail,
+    with_key_attached,
+)
 
 DATA = Path(__file__).parent / "data"
 ALICE = "alice@example.org"
@@ -292,7 +300,10 @@ def test_kubernetes_example_approved_by_a_signed_team_mail(world: World):
     assert req.list_name == "k8s" and req.state == "verifying", req.missing_criteria
     assert req.fingerprint == world.applicant_fpr
     world.deliver()
-    world.ingest(reply(f"[{req.id}] token", f"Token: {token_from(world)}"))
+    # The applicant answers the token encrypted to the project key.
+    armored = world.applicant.encrypt(entity(f"Token: {token_from(world)}"), world.project_fpr)
+    world.ingest(encrypted_mail(APPLICANT, f"Re: [{req.id}] ...", armored))
+    assert world.request().key_proved_at is not None
     world.ingest(signed_by(world.crash, world.crash_fpr, CRASH, f"X-VOUCH: {req.id}"))
     assert world.request().state == "pending_review"
     decision = signed_by(world.alice, world.alice_fpr, ALICE,
