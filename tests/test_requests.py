@@ -341,6 +341,12 @@ def test_deny_tells_the_applicant_and_unknown_ids_are_one_line(world: World):
     world.deliver()
     notice = [r for r in world.mails_to(APPLICANT) if "declined" in r.message["Subject"]]
     assert len(notice) == 1 and "Not a distribution." in world.text_of(notice[0])
+    shown = world.cli("requests", "show", request_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "denied" in shown.stdout
+    assert "answers:" in shown.stdout and "We accept." in shown.stdout
+    listed = world.cli("requests", "list")
+    assert request_id in listed.stdout and APPLICANT in listed.stdout
     missing = world.cli("requests", "show", "JOIN-1999-0042")
     assert missing.returncode == 1 and "no join request JOIN-1999-0042" in missing.stderr
     bad_state = world.cli("requests", "list", "--state", "bogus")
@@ -384,3 +390,31 @@ def test_no_matching_voucher_asks_the_team(world: World):
 def test_bulk_mail_shaped_like_a_request_is_not_one(world: World):
     raw = seed("join_oci.eml").replace(b"MIME-Version", b"Precedence: bulk\r\nMIME-Version")
     assert world.ingest(raw).route == "new_report"
+
+
+def test_a_partial_answer_gets_exactly_what_is_still_missing(world: World):
+    from seclistd.workflows import criteria
+
+    oci = criteria.criteria_for(world.settings.lists[0])
+    raw = seed("join_oci.eml", drop="> 6. Be willing and able")
+    raw = seed_without(raw, "> 4. Accept the Embargo Policy")
+    world.ingest(raw)
+    req = world.request()
+    assert req.state == "incomplete" and sorted(req.missing_criteria) == ["embargo", "pgp"]
+    world.ingest(reply(f"Re: [{req.id}] answers", "> 4. Accept the Embargo Policy that is "
+                       "outlined above.\n\nWe accept it.\n"))
+    req = world.request()
+    assert (req.state, req.missing_criteria) == ("incomplete", ["pgp"])
+    world.deliver()
+    first, second = world.texts_to(APPLICANT)
+    [pgp_words] = criteria.describe_missing(["pgp"], oci)
+    [embargo_words] = criteria.describe_missing(["embargo"], oci)
+    assert f"- {pgp_words}" in first and f"- {embargo_words}" in first
+    assert f"- {pgp_words}" in second and embargo_words not in second
+
+
+def seed_without(raw: bytes, drop: str) -> bytes:
+    text = raw.decode()
+    start = text.index(drop)
+    end = text.find("\r\n> ", start + 1)
+    return (text[:start] + text[end + 2:]).encode()

@@ -14,7 +14,9 @@ once whether the command was carried out or refused):
 
 A refusal is recorded on the request the mail names (else the one its thread belongs to)
 and the sender gets one short mail naming the rule that failed, never an echo of the mail;
-such mails are capped per sender like every automatic answer.
+such mails are capped per sender like every automatic answer. A spent signature's
+``HonouredSignature.case_id`` holds the request's ID (``JOIN-…``): the column names the
+target the signature was spent on.
 """
 
 from __future__ import annotations

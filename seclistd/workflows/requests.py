@@ -324,7 +324,9 @@ def key_expiry(settings: Settings, fingerprint: str | None) -> dt.datetime | Non
 # --- vouchers ------------------------------------------------------------------------------
 
 def _words(text: str) -> list[str]:
-    return _WORD.findall((text or "").lower()[:ANSWER_CHARS])
+    """Lower-case words (an address is one word), without a sentence's final dot."""
+    words = (w.rstrip(".") for w in _WORD.findall((text or "").lower()[:ANSWER_CHARS]))
+    return [w for w in words if w]
 
 
 def _contains(words: list[str], phrase: list[str]) -> bool:
