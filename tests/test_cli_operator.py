@@ -502,7 +502,7 @@ def test_every_command_describes_itself_and_lists_the_values_it_takes(env: Env):
     top = ok(env, "--help").stdout
     assert "SECLISTD_LOG_LEVEL" in top and "SECLISTD_CONFIG" in top
     assert "SECLISTD_LOG_LEVEL" in (ROOT / "README.md").read_text()
-    for group in ("cases", "outbox", "quarantine", "keys"):
+    for group in ("cases", "outbox", "quarantine", "keys", "members"):
         text = ok(env, group, "--help").stdout
         assert text.split("\n\n")[1].strip(), f"`{group} --help` has no description"
 

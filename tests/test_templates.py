@@ -59,6 +59,13 @@ CONTEXT.update({"request": REQUEST, "request_id": REQUEST["id"],
                 "fingerprint": "AB" * 20, "vouches": 0, "vouches_required": 1,
                 "member_name": "CrashOverride", "member_email": "acid@seven.example",
                 "extra": "", "max_embargo_days": 14})
+# Mail about a distributors-list member concerns no case: it names the member.
+ABOUT_MEMBER = {"member_added.txt.j2", "member_removed.txt.j2", "member_suspended.txt.j2",
+                "member_resumed.txt.j2", "team_member_changed.txt.j2"}
+CONTEXT.update({"list_name": "distributors", "list_address": "distributors@example.org",
+                "email": "security@distro.example", "organization": "Distro",
+                "fingerprint": "0123456789ABCDEF0123456789ABCDEF01234567", "remedy": "",
+                "state": "suspended"})
 
 
 def test_every_template_renders_with_realistic_data():
@@ -74,6 +81,8 @@ def test_every_template_renders_with_realistic_data():
             assert "seclistd quarantine show" in text, name
         elif name.startswith("request_"):
             assert "JOIN-2026-0007" in text, name
+        elif name in ABOUT_MEMBER:
+            assert "security@distro.example" in text, name
         else:
             assert "SEC-2026-0042" in text, name
         assert "{{" not in text and "{%" not in text, name
