@@ -33,11 +33,20 @@ from sqlalchemy.orm import Session
 
 from seclistd.config import Settings
 from seclistd.crypto import keyring
+from seclistd.list_models import JoinRequest
 from seclistd.mail import compose, secure
 from seclistd.mail.classify import Context, Route, classify
 from seclistd.mail.parse import ParsedMail, Unprocessable, check_limits, parse
 from seclistd.models import Case, Message
-from seclistd.workflows import bounces, commands, report, reporter_changes, states
+from seclistd.workflows import (
+    bounces,
+    commands,
+    report,
+    reporter_changes,
+    request_commands,
+    requests,
+    states,
+)
 
 log = logging.getLogger(__name__)
 _KEY_MARKERS = (b"PGP PUBLIC KEY", b"PGP PRIVATE KEY", b"pgp-keys", b"utocrypt")
@@ -119,7 +128,7 @@ def process(session: Session, now: dt.datetime, settings: Settings, message: Mes
             case_prefix=settings.project.case_prefix, max_received=settings.limits.max_received,
             team=frozenset(m.email for m in settings.team.members),
             security_address=settings.project.security_address,
-            envelope_to=envelope_recipients(message)))
+            envelope_to=envelope_recipients(message), lists=settings.lists))
         budget.check(f"handling it as {route.label}")
     except Unprocessable as exc:
         quarantine(message, str(exc))
@@ -145,11 +154,21 @@ def dispatch(session: Session, now: dt.datetime, settings: Settings, message: Me
         assert route.member_id is not None
         bounces.handle(session, now, settings, message, mail, route.member_id)
         return
+    if route.kind == "command" and route.label == "join_command":
+        request_id = request_commands.handle(session, now, settings, keyring(settings.gnupg),
+                                             message, mail, unwrapped, route.request_id)
+        if request_id is None:
+            quarantine(message, "command refused and no join request to record it on",
+                       route.label)
+        return
     if route.kind == "command":
         case_id = commands.handle(session, now, settings, keyring(settings.gnupg), message, mail,
                                   unwrapped, route.case_id)
         if case_id is None:
             quarantine(message, "command refused and no case to record it on", route.label)
+        return
+    if route.kind in ("join_request", "request_reply"):
+        join_request(session, now, settings, message, mail, unwrapped, route)
         return
     offered, refused = import_offered(settings, message.raw, unwrapped)
     if route.kind == "reply":
@@ -164,6 +183,27 @@ def dispatch(session: Session, now: dt.datetime, settings: Settings, message: Me
     for reason in refused:
         states.record(session, now, case, actor=report.SYSTEM, action="key_refused",
                       detail=reason)
+
+
+def join_request(session: Session, now: dt.datetime, settings: Settings, message: Message,
+                 mail: ParsedMail, unwrapped: secure.Unwrapped, route: Route) -> None:
+    """A new join request, or a mail on one; the key it offers is pinned (the applicant's
+    own mail only: ``requests.on_mail`` decides)."""
+    offered, refused = ([], []) if route.label in ("bounce", "auto_reply") else \
+        import_offered(settings, message.raw, unwrapped)
+    key = report.pick_key(settings, offered, mail.from_addr)
+    if route.kind == "join_request":
+        lst = requests.list_settings(settings, route.list_name or "")
+        assert lst is not None
+        req = requests.open_request(session, now, settings, message, mail, lst, key)
+    else:
+        found = session.get(JoinRequest, route.request_id)
+        assert found is not None
+        req = found
+        requests.on_mail(session, now, settings, req, message, mail, route.label, key)
+    for reason in refused:
+        requests.record(session, now, req, actor=requests.SYSTEM, action="key_refused",
+                        detail=reason)
 
 
 def reveal(mail: ParsedMail, unwrapped: secure.Unwrapped, max_parts: int | None = None) -> None:

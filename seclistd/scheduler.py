@@ -23,7 +23,7 @@ from seclistd.config import Settings
 from seclistd.db import transaction
 from seclistd.errors import describe, trace
 from seclistd.relay import release_dead_leases
-from seclistd.workflows import bounces, member_keys, notices, reminders
+from seclistd.workflows import bounces, member_keys, notices, reminders, requests
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ SWEEPS: dict[str, tuple[Sweep, int]] = {
     "digests": (notices.sweep, 60),
     "bounces": (bounces.sweep, 600),
     "member_keys": (member_keys.sweep, 86400),
+    "requests": (requests.sweep, 300),  # join requests silent past their expiry
 }
 
 

@@ -52,6 +52,20 @@ CONTEXT = {"case": CASE, "case_id": "SEC-2026-0042", "project": "Example",
            "list_address": "distributors@example.org"}
 # Mail about a quarantined message concerns no case (yet): it names the message instead.
 ABOUT_QUARANTINE = {"team_quarantined.txt.j2", "team_quarantine_digest.txt.j2"}
+# Mail about a join request names the request.
+REQUEST = {"id": "JOIN-2026-0007", "list": "distributors", "applicant": "acid@seven.example",
+           "applicant_name": "Acidburn", "organization": "Seven-Corp",
+           "answers": [{"id": "pgp", "criterion": "You can read PGP-encrypted mail",
+                        "answer": "Yes."}],
+           "voucher_named": "CrashOverride", "fingerprint": "AB" * 20, "key_proved": True,
+           "missing": [], "vouches": 1}
+CONTEXT.update({"request": REQUEST, "request_id": REQUEST["id"],
+                "list_address": "distributors@example.org", "applicant_name": "Acidburn",
+                "applicant": "acid@seven.example", "first": True, "state": "verifying",
+                "key_needed": True, "token_sent": True, "key_proved": False,
+                "fingerprint": "AB" * 20, "vouches": 0, "vouches_required": 1,
+                "member_name": "CrashOverride", "member_email": "acid@seven.example",
+                "extra": "", "max_embargo_days": 14})
 # Mail about a list member (reachability, membership changes) names the member and
 # concerns no case.
 ABOUT_MEMBER = {"member_bounce_suspended.txt.j2", "member_bounce_warning.txt.j2",
@@ -80,6 +94,8 @@ def test_every_template_renders_with_realistic_data():
             assert "seclistd quarantine show" in text, name
         elif name in ABOUT_LIST:
             assert "distributors@example.org" in text and "SEC-" not in text, name
+        elif name.startswith("request_"):
+            assert "JOIN-2026-0007" in text, name
         elif name in ABOUT_MEMBER:
             assert "security@distro.example" in text and "SEC-" not in text, name
         else:

@@ -57,12 +57,13 @@ class Outcome:
     case_id: str | None
     route: str | None
     reason: str | None
+    request_id: str | None = None  # the join request it opened or joined
 
     @classmethod
     def of(cls, message: Message, duplicate: bool) -> Outcome:
         return cls(id=message.id, status=message.status, duplicate=duplicate,
                    case_id=message.case_id, route=message.route,
-                   reason=message.quarantine_reason)
+                   reason=message.quarantine_reason, request_id=message.request_id)
 
 
 def dedup_key(raw: bytes) -> tuple[str | None, str, str]:

@@ -5,8 +5,11 @@ return path (``security+bounce-TOKEN@…``, ``mail.verp``) is that member's boun
 (``rule_member_bounce``); other bounces and automatic replies are attached to the case they
 answer (or quarantined when they answer nothing of ours, so they never open a case that
 pages the team); then replies on an existing case (In-Reply-To and References first, the
-``[SEC-…]`` subject tag second); a message without a usable From is quarantined; everything
-else is a new report.
+``[SEC-…]`` subject tag second), then replies on a join request (the same way,
+``[JOIN-…]``); a message without a usable From is quarantined; a mail shaped like a join
+request opens one; everything else is a new report. Keyword commands come before replies: a
+team member's (``X-CASE`` or ``X-REQUEST``), and anyone's ``X-VOUCH`` (its signature
+decides, later).
 """
 
 from __future__ import annotations
@@ -18,21 +21,26 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from seclistd.list_models import Member
-from seclistd.mail import loops, verp
+from seclistd.config import ListSettings
+from seclistd.list_models import JoinRequest, Member
+from seclistd.mail import loops, request_syntax, verp
 from seclistd.mail.parse import ParsedMail
 from seclistd.models import Case, Message, Outbox
 from seclistd.workflows.commands import looks_like_command
+from seclistd.workflows.requests import looks_like_request
 
 _DSN_MSGID = re.compile(rb"^message-id:[ \t]*(<[^<>\s]{1,900}>)", re.I | re.M)
 
 
 @dataclass(frozen=True)
 class Route:
-    kind: str  # "quarantine" | "command" | "reply" | "new_report" | "member_bounce"
+    kind: str  # "quarantine" | "command" | "reply" | "request_reply" | "join_request" |
+    # "new_report" | "member_bounce"
     label: str  # what the message is: loop, bounce, auto_reply, reply, new_report, ...
     case_id: str | None = None
     reason: str | None = None
+    request_id: str | None = None  # the join request it answers (request_reply, commands)
+    list_name: str | None = None  # the list a new join request asks to join
     member_id: int | None = None  # for "member_bounce": the member its return path names
 
 
@@ -48,6 +56,7 @@ class Context:
     security_address: str = ""
     # The envelope recipients the intake saw (the listener's RCPT TO), if it saw them.
     envelope_to: tuple[str, ...] = ()
+    lists: tuple[ListSettings, ...] = ()
 
 
 def case_by_thread(session: Session, ids: list[str]) -> str | None:
@@ -75,6 +84,33 @@ def case_by_subject(session: Session, subject: str, prefix: str) -> str | None:
         if session.get(Case, match.group(1)) is not None:
             return match.group(1)
     return None
+
+
+def request_by_thread(session: Session, ids: list[str]) -> str | None:
+    """The join request a list of Message-IDs belongs to, newest reference first."""
+    if not ids:
+        return None
+    ids = list(dict.fromkeys(reversed(ids)))
+    found: dict[str, str] = {}
+    for table in (Message, Outbox):
+        for mid, request_id in session.execute(
+                select(table.message_id, table.request_id)
+                .where(table.message_id.in_(ids), table.request_id.is_not(None))):
+            found.setdefault(mid, request_id)
+    return next((found[mid] for mid in ids if mid in found), None)
+
+
+def request_by_subject(session: Session, subject: str) -> str | None:
+    for request_id in request_syntax.tagged_ids(subject):
+        if session.get(JoinRequest, request_id) is not None:
+            return request_id
+    return None
+
+
+def threaded_request(ctx: Context) -> str | None:
+    mail = ctx.mail
+    return (request_by_thread(ctx.session, mail.in_reply_to + mail.references)
+            or request_by_subject(ctx.session, mail.subject))
 
 
 def threaded_case(ctx: Context) -> str | None:
@@ -134,6 +170,9 @@ def rule_bounce(ctx: Context) -> Route | None:
         ctx.session, [m.decode("ascii", "replace") for m in _DSN_MSGID.findall(ctx.raw)[:50]])
     if case_id:
         return Route("reply", "bounce", case_id=case_id)
+    request_id = threaded_request(ctx)
+    if request_id:
+        return Route("request_reply", "bounce", request_id=request_id)
     return Route("quarantine", "bounce", reason="delivery status notification that matches "
                  "no mail we sent")
 
@@ -144,6 +183,9 @@ def rule_auto_reply(ctx: Context) -> Route | None:
     case_id = threaded_case(ctx)
     if case_id:
         return Route("reply", "auto_reply", case_id=case_id)
+    request_id = threaded_request(ctx)
+    if request_id:
+        return Route("request_reply", "auto_reply", request_id=request_id)
     return Route("quarantine", "auto_reply", reason="automatic reply that matches no case")
 
 
@@ -152,8 +194,39 @@ def rule_command(ctx: Context) -> Route | None:
     mail = ctx.mail
     if mail.from_addr in ctx.team and (looks_like_command(mail.text)
                                        or looks_like_command(ctx.raw.decode("latin-1"))):
+        if _join_command(ctx):
+            return Route("command", "join_command", request_id=threaded_request(ctx))
         return Route("command", "command", case_id=threaded_case(ctx))
     return None
+
+
+def _join_command(ctx: Context) -> bool:
+    return (request_syntax.is_join_command(ctx.mail.text)
+            or request_syntax.is_join_command(ctx.raw.decode("latin-1")))
+
+
+def rule_join_command(ctx: Context) -> Route | None:
+    """Keyword lines of a join-request command (a vouch, a team decision) from anyone: the
+    signature, not the From header, decides whether it counts."""
+    if _join_command(ctx):
+        return Route("command", "join_command", request_id=threaded_request(ctx))
+    return None
+
+
+def rule_request_reply(ctx: Context) -> Route | None:
+    request_id = threaded_request(ctx)
+    return Route("request_reply", "reply", request_id=request_id) if request_id else None
+
+
+def rule_join_request(ctx: Context) -> Route | None:
+    """A new join request: the shape of one (``workflows.criteria``) for the list the mail
+    names, else the first list. Mail that must get no automatic answer (bulk, list mail,
+    automatic mail) is never a request."""
+    mail = ctx.mail
+    if not ctx.lists or loops.no_autoreply_reason(mail, ctx.own_addresses):
+        return None
+    lst = looks_like_request(ctx.lists, mail.subject, mail.text)
+    return Route("join_request", "join_request", list_name=lst.name) if lst else None
 
 
 def rule_reply(ctx: Context) -> Route | None:
@@ -173,8 +246,9 @@ def rule_new_report(ctx: Context) -> Route | None:
 
 
 RULES: tuple[Callable[[Context], Route | None], ...] = (
-    rule_loop, rule_member_bounce, rule_bounce, rule_auto_reply, rule_command, rule_reply,
-    rule_sender, rule_new_report,
+    rule_loop, rule_member_bounce, rule_bounce, rule_auto_reply, rule_command,
+    rule_join_command, rule_reply, rule_request_reply, rule_sender, rule_join_request,
+    rule_new_report,
 )
 
 

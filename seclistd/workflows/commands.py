@@ -44,7 +44,7 @@ TEAM_KEYWORDS = {"X-ACK": "ack", "X-ASSIGN": "assign", "X-CONFIRM": "confirm",
 # ``(.*?)[ \t]*$`` retries the blank run after every character of the argument).
 _KEYWORD = re.compile(r"(X-[A-Z]+)[ \t]*(?::(.*))?")
 _ANY_KEYWORD = re.compile(r"^X-(?:CASE|ACK|ASSIGN|CONFIRM|REJECT|DUPLICATE|REPLY|EMBARGO|"
-                          r"DISCLOSE|CLOSE|VOUCH|LEAK|LEAVE)\b", re.M)
+                          r"DISCLOSE|CLOSE|VOUCH|LEAK|LEAVE|REQUEST|APPROVE|DENY)\b", re.M)
 SIGNATURE_MAX_AGE = dt.timedelta(days=30)
 SIGNATURE_MAX_SKEW = dt.timedelta(hours=1)
 
@@ -190,14 +190,18 @@ def authenticate(session: Session, settings: Settings, mail: ParsedMail,
     return member.email, sig_id
 
 
-def authorize(session: Session, now: dt.datetime,
-              signed: Signed) -> tuple[Case, list[tuple[str, str]], str]:
-    """(target case, keywords, message text) of an authenticated command, or Refused."""
-    sig = signed.signature
+def check_time(sig: Signature, now: dt.datetime) -> None:
+    """Refused unless the signature was made within the last 30 days and not in the future."""
     if sig.created is None or sig.created > now + SIGNATURE_MAX_SKEW:
         raise Refused("the signature's time is in the future")
     if sig.created < now - SIGNATURE_MAX_AGE:
         raise Refused("the signature is older than 30 days")
+
+
+def authorize(session: Session, now: dt.datetime,
+              signed: Signed) -> tuple[Case, list[tuple[str, str]], str]:
+    """(target case, keywords, message text) of an authenticated command, or Refused."""
+    check_time(signed.signature, now)
     keywords, text = parse_keywords(signed.text)
     targets = [arg.strip() for name, arg in keywords if name == "X-CASE"]
     if len(targets) != 1 or not targets[0]:
