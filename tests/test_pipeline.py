@@ -85,10 +85,13 @@ def test_reply_threads_by_references_then_subject_tag_and_gets_no_answer(env: En
 
     before = len(sink.messages())
     deliver(env)
-    # No answer to replies. New: the second case's receipt and team notice, and the
-    # reporter's own reply forwarded to the team (the stranger's mail is only recorded).
-    assert len(sink.messages()) == before + 3
+    # No answer to replies. New: the second case's receipt and team notice, the reporter's
+    # own reply forwarded to the team, and the stranger's marked as not from the reporter.
+    assert len(sink.messages()) == before + 4
     assert sink.to("someone@example.com") == []
+    [other] = [r for r in sink.to("alice@example.org")
+               if "Not from the reporter" in r.message["Subject"]]
+    assert "someone@example.com, not the reporter" in other.message.get_body().get_content()
     forwards = [r for r in sink.to("alice@example.org")
                 if "Reporter wrote" in r.message["Subject"]]
     assert len(forwards) == 1 and "[SEC-2026-0001]" in forwards[0].message["Subject"]

@@ -65,7 +65,7 @@ CONTEXT.update({"request": REQUEST, "request_id": REQUEST["id"],
                 "key_needed": True, "token_sent": True, "key_proved": False,
                 "fingerprint": "AB" * 20, "vouches": 0, "vouches_required": 1,
                 "member_name": "CrashOverride", "member_email": "acid@seven.example",
-                "extra": "", "max_embargo_days": 14})
+                "extra": "", "max_embargo_days": 14, "other_sender": ""})
 # Mail about a list member (reachability, membership changes) names the member and
 # concerns no case.
 ABOUT_MEMBER = {"member_bounce_suspended.txt.j2", "member_bounce_warning.txt.j2",

@@ -31,7 +31,8 @@ from seclistd.workflows import sla, states
 
 # What a content-free notice to a member without a key says happened, by the mail's kind.
 NEWS = {"team_new_case": "a new report was opened",
-        "reporter_forward": "the reporter wrote again"}
+        "reporter_forward": "the reporter wrote again",
+        "other_forward": "someone other than the reporter wrote on it"}
 
 # The actions whose text is their point: empty (or white-space) text is refused. For every
 # other action the text is an optional note.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from email import policy
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from seclistd.calendar import calendar_for
@@ -22,7 +22,7 @@ from seclistd.config import Settings
 from seclistd.mail import compose, loops
 from seclistd.mail.parse import ParsedMail
 from seclistd.mail.render import render
-from seclistd.models import Case, Counter, Event, Message
+from seclistd.models import Case, Counter, Event, Message, Outbox
 from seclistd.outbox import all_automatic_answers_since, automatic_answers_since, enqueue
 from seclistd.workflows import completeness, lifecycle, notices, reporter_changes, sla, states
 
@@ -216,7 +216,43 @@ def attach_reply(session: Session, now: dt.datetime, settings: Settings, case: C
                                               evidence)
         _reporter_wrote(session, now, settings, case, mail, notes,
                         encrypted=bool(message.encrypted))
+    elif label == "reply" and mail.from_addr:
+        detail += "; " + _someone_else_wrote(session, now, settings, case, message, mail)
     states.record(session, now, case, actor=who, action=label, detail=detail)
+
+
+OTHER_FORWARDS_PER_DAY = 5  # per case: mail tagged with a case ID is easy to send
+
+
+def _someone_else_wrote(session: Session, now: dt.datetime, settings: Settings, case: Case,
+                        message: Message, mail: ParsedMail) -> str:
+    """Mail on a case from neither the reporter nor the team (a co-finder, a vendor, or a
+    forger: From proves nothing) reaches the handler marked as such, never the reporter; an
+    unsigned mail from a team member is kept and its sender told how to send it. Both are
+    capped per case and day. Returns what was done, for the event."""
+    sender = loops.canonical_mailbox(mail.from_addr or "")
+    team = {m.email for m in settings.team.members}
+    kind = "team_unsigned" if sender in team else "other_forward"
+    since = now - dt.timedelta(days=1)
+    sent = session.scalar(select(func.count()).select_from(Outbox).where(
+        Outbox.case_id == case.id, Outbox.kind == kind, Outbox.created_at >= since)) or 0
+    if sent >= OTHER_FORWARDS_PER_DAY:
+        return f"not passed on: {OTHER_FORWARDS_PER_DAY} such mails on this case today"
+    if kind == "team_unsigned":
+        body = render("team_unsigned.txt.j2", settings.templates.dir, case_id=case.id,
+                      security_address=settings.project.security_address)
+        enqueue(session, now, settings, kind=kind, to=sender,
+                subject=compose.tagged_subject(case.id, "Kept on the case, not sent"),
+                body=body, case=case, in_reply_to=mail.message_id)
+        return "a team member's unsigned mail: kept on the case, nothing sent on"
+    body = render("reporter_forward.txt.j2", settings.templates.dir,
+                  case=lifecycle.case_view(case, settings), subject=mail.subject,
+                  text=mail.text, attachments=[a for a in mail.attachments if a], notes=[],
+                  other_sender=sender)
+    lifecycle.notify_team(session, now, settings, case, kind=kind,
+                          subject=f"Not from the reporter: {case.subject}", body=body,
+                          handler_only=True, private=True, encrypted=bool(message.encrypted))
+    return "not from the reporter on record: passed to the handler, marked as such"
 
 
 def _reporter_wrote(session: Session, now: dt.datetime, settings: Settings, case: Case,
@@ -234,7 +270,8 @@ def _reporter_wrote(session: Session, now: dt.datetime, settings: Settings, case
                           detail="supplied: " + "; ".join(supplied))
     body = render("reporter_forward.txt.j2", settings.templates.dir,
                   case=lifecycle.case_view(case, settings), subject=mail.subject,
-                  text=mail.text, attachments=[a for a in mail.attachments if a], notes=notes)
+                  text=mail.text, attachments=[a for a in mail.attachments if a], notes=notes,
+                  other_sender="")
     lifecycle.notify_team(session, now, settings, case, kind="reporter_forward",
                           subject=f"Reporter wrote: {case.subject}", body=body,
                           handler_only=True, private=True, encrypted=encrypted)
