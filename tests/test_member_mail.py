@@ -126,3 +126,48 @@ def test_unusable_key_holds_confidential_mail_but_not_a_content_free_note(world:
     [note] = world.sink.to(REPORTER)
     assert note.message.get_content_type() == "text/plain"
     assert "Your key cannot be used." in note.message.get_content()
+
+
+def test_nothing_confidential_reaches_a_suspended_member_until_it_is_resumed(world: World):
+    world.project.gpg.import_keys(world.reporter.export(world.reporter_fpr))
+    member_id = add_member(world, fingerprint=world.reporter_fpr)
+    notify(world, member_id, 1)  # waiting in the outbox when the member is suspended
+    with db.transaction(world.factory) as session:
+        member = session.get(Member, member_id)
+        member_states.change_state(session, member, "suspend", actor="bounces",
+                                   now=world.now(), reason="mail to it bounced")
+    notify(world, member_id, 2)  # while suspended
+    world.deliver()
+    assert world.sink.to(REPORTER) == []
+    assert {r.status for r in rows(world)} == {"held"}
+    assert all(r.last_error == member_mail.SUSPENDED for r in rows(world))
+
+    with db.transaction(world.factory) as session:
+        member = session.get(Member, member_id)
+        member_states.change_state(session, member, "resume", actor="operator",
+                                   now=world.now())
+    world.deliver()
+    delivered = world.sink.to(REPORTER)
+    assert len(delivered) == 2
+    for received in delivered:
+        assert received.message.get_content_type() == "multipart/encrypted"
+        ok, plain = world.reporter.decrypt(received.raw)
+        assert ok and SECRET.encode() in plain
+
+
+def test_a_removed_members_waiting_mail_is_never_sent(world: World):
+    world.project.gpg.import_keys(world.reporter.export(world.reporter_fpr))
+    member_id = add_member(world, fingerprint=world.reporter_fpr)
+    notify(world, member_id, 1)
+    with db.transaction(world.factory) as session:
+        member = session.get(Member, member_id)
+        member_states.change_state(session, member, "remove", actor="operator",
+                                   now=world.now(), reason="left the distribution")
+    world.deliver()
+    assert world.sink.to(REPORTER) == []
+    [row] = rows(world)
+    assert row.status == "failed" and "removed" in row.last_error
+    with db.transaction(world.factory) as session, pytest.raises(ValueError):
+        member_mail.mail_member(session, world.now(), world.settings,
+                                session.get(Member, member_id), kind="test_notice",
+                                subject="late", body=SECRET)

@@ -1,9 +1,13 @@
-"""Mail to list members that may carry embargoed content, and what happens without a key.
+"""Mail to list members that may carry embargoed content, and what happens without a key
+or while the member is suspended.
 
 Anything confidential goes to a member only encrypted to the member's pinned key. A member
 without one (never sent, or not yet proved) gets the mail held, not sent, and one short
 plaintext note with no content: something is waiting, send a key. When a key is pinned
-(``release_held``) the held mail goes out encrypted to it.
+(``release_held``) the held mail goes out encrypted to it. A suspended member gets nothing
+confidential: such mail is held, and what was still waiting to go is held at suspension
+(``hold_for``), released when the member is active again; a removed member's is failed
+(``cancel_for``). ``member_states.change_state`` calls these with each change.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from seclistd.outbox import enqueue
 
 KEY_NEEDED = "member_key_needed"
 NO_KEY = "no OpenPGP key is pinned for this list member; held until one is"
+SUSPENDED = "the list member is suspended; held until it is active again"
 
 
 def mail_member(session: Session, now: dt.datetime, settings: Settings, member: Member, *,
@@ -28,10 +33,15 @@ def mail_member(session: Session, now: dt.datetime, settings: Settings, member: 
                 in_reply_to: str | None = None) -> Outbox:
     """Enqueue confidential mail to ``member``: encrypted to its pinned key, or held (and the
     member told, once while anything is held, that mail is waiting for a key)."""
+    if member.state == "removed":
+        raise ValueError(f"{member.email} is no longer a member of {member.list_name}")
     row = enqueue(session, now, settings, kind=kind, to=member.email, subject=subject,
                   body=body, to_name=member.name, in_reply_to=in_reply_to,
                   auto_submitted="auto-generated", member=member)
     row.case_id = case_id
+    if member.state != "active":
+        row.status, row.last_error = "held", SUSPENDED
+        return row
     if member.fingerprint:
         return row
     already_held = session.scalar(
@@ -49,10 +59,32 @@ def mail_member(session: Session, now: dt.datetime, settings: Settings, member: 
     return row
 
 
+def hold_for(session: Session, member: Member) -> int:
+    """Hold the member's confidential mail that has not gone out yet (it was suspended)."""
+    result = session.execute(
+        update(Outbox).where(Outbox.member_id == member.id, Outbox.status == "pending",
+                             Outbox.must_encrypt.is_(True))
+        .values(status="held", last_error=SUSPENDED)
+        .execution_options(synchronize_session=False))
+    return int(result.rowcount or 0)
+
+
+def cancel_for(session: Session, member: Member) -> int:
+    """Fail the removed member's confidential mail that has not gone out."""
+    result = session.execute(
+        update(Outbox).where(Outbox.member_id == member.id,
+                             Outbox.status.in_(("pending", "held")),
+                             Outbox.must_encrypt.is_(True))
+        .values(status="failed", last_error="the member was removed before it was sent")
+        .execution_options(synchronize_session=False))
+    return int(result.rowcount or 0)
+
+
 def release_held(session: Session, now: dt.datetime, member: Member) -> int:
-    """Make the member's mail held for want of a key due now, encrypted to the key pinned
-    on the member; returns how many rows were released (none without a key)."""
-    if not member.fingerprint:
+    """Make the member's held confidential mail due now, encrypted to the key pinned on the
+    member; returns how many rows were released (none without a key or while the member is
+    not active)."""
+    if not member.fingerprint or member.state != "active":
         return 0
     result = session.execute(
         update(Outbox).where(Outbox.member_id == member.id, Outbox.status == "held",

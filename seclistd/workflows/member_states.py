@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from seclistd.list_models import Member, MemberEvent
+from seclistd.workflows import member_mail
 
 ACTIVE, SUSPENDED, REMOVED = "active", "suspended", "removed"
 STATES = (ACTIVE, SUSPENDED, REMOVED)
@@ -70,8 +71,16 @@ def change_state(session: Session, member: Member, action: str, *, actor: str,
             member.bounce_score = 0
             member.bounce_warnings = 0
             member.next_bounce_warning_at = None
-    return record(session, member, actor=actor, action=action, now=now, detail=reason,
-                  from_state=from_state, to_state=to_state)
+    event = record(session, member, actor=actor, action=action, now=now, detail=reason,
+                   from_state=from_state, to_state=to_state)
+    # What the state means for the member's confidential mail not yet sent.
+    if to_state == SUSPENDED:
+        member_mail.hold_for(session, member)
+    elif to_state == REMOVED:
+        member_mail.cancel_for(session, member)
+    else:
+        member_mail.release_held(session, now, member)
+    return event
 
 
 def new_bounce_token() -> str:
