@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from seclistd.models import Base, UTCDateTime
+from seclistd.models import AuditColumns, Base, UTCDateTime
 
 
 class Member(Base):
@@ -69,19 +69,13 @@ class Member(Base):
                                                      order_by="MemberEvent.id")
 
 
-class MemberEvent(Base):
+class MemberEvent(AuditColumns, Base):
     """The audit trail of a member: one row per change, written with the change."""
 
     __tablename__ = "member_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), index=True)
-    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    actor: Mapped[str] = mapped_column(String(998))
-    action: Mapped[str] = mapped_column(String(32))
-    from_state: Mapped[str | None] = mapped_column(String(16))
-    to_state: Mapped[str | None] = mapped_column(String(16))
-    detail: Mapped[str] = mapped_column(Text, default="")
 
     member: Mapped[Member] = relationship(back_populates="events")
 
@@ -122,19 +116,13 @@ class JoinRequest(Base):
     vouches: Mapped[list[Vouch]] = relationship(back_populates="request", order_by="Vouch.id")
 
 
-class RequestEvent(Base):
+class RequestEvent(AuditColumns, Base):
     """The audit trail of a join request, as ``events`` is for cases."""
 
     __tablename__ = "request_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     request_id: Mapped[str] = mapped_column(ForeignKey("join_requests.id"), index=True)
-    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    actor: Mapped[str] = mapped_column(String(998))
-    action: Mapped[str] = mapped_column(String(32))
-    from_state: Mapped[str | None] = mapped_column(String(16))
-    to_state: Mapped[str | None] = mapped_column(String(16))
-    detail: Mapped[str] = mapped_column(Text, default="")
 
     request: Mapped[JoinRequest] = relationship(back_populates="events")
 

@@ -163,19 +163,25 @@ class Case(Base):
     events: Mapped[list[Event]] = relationship(back_populates="case", order_by="Event.id")
 
 
-class Event(Base):
-    """The audit trail: one row per action on a case, written with the action."""
+class AuditColumns:
+    """The columns of an audit trail's row (cases, members, join requests): when, who, what,
+    the state before and after (None when the state did not change), and why."""
 
-    __tablename__ = "events"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), index=True)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     actor: Mapped[str] = mapped_column(String(998))
     action: Mapped[str] = mapped_column(String(32))
     from_state: Mapped[str | None] = mapped_column(String(16))
     to_state: Mapped[str | None] = mapped_column(String(16))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Event(AuditColumns, Base):
+    """The audit trail: one row per action on a case, written with the action."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), index=True)
 
     case: Mapped[Case] = relationship(back_populates="events")
 
