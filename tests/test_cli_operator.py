@@ -563,3 +563,18 @@ def test_ids_too_large_and_read_only_commands_that_would_create(env: Env, tmp_pa
     database = next(r for r in doctor if r["check"] == "database")
     assert not database["ok"] and "run `seclistd migrate`" in database["detail"]
     assert not (tmp_path / "fresh" / "seclistd.db").exists()
+
+
+def test_ingest_names_the_join_request_a_mail_opened(tmp_path: Path, sink: Sink):
+    """`ingest` of a join request says which request it opened, not 'on case None'."""
+    from tests.components import TEST_CLOCK, write_config
+
+    config = write_config(tmp_path, relay_port=sink.port, extra=(
+        '[[lists]]\nname = "distributors"\naddress = "distributors@example.org"\n'
+        'criteria = "oci"\n'))
+    assert cli(config, "migrate").returncode == 0
+    join = Path(__file__).parent / "data" / "join_oci.eml"
+    done = cli(config, "ingest", str(join))
+    assert done.returncode == 0, done.stderr
+    year = TEST_CLOCK.now().year
+    assert done.stdout.strip() == f"{join}: new join request JOIN-{year}-0001"

@@ -27,6 +27,7 @@ from seclistd.cli.common import (
     visible,
     write_raw,
 )
+from seclistd.cli.system import target
 from seclistd.config import Settings
 
 
@@ -89,7 +90,7 @@ def cmd_quarantine_release(args: argparse.Namespace) -> int:
     except NotQuarantined as exc:
         raise _unknown(settings, args.id) from exc
     doc = {"message": outcome.id, "status": outcome.status, "case_id": outcome.case_id,
-           "route": outcome.route, "reason": outcome.reason}
+           "request_id": outcome.request_id, "route": outcome.route, "reason": outcome.reason}
     if outcome.status == "quarantined":
         emit(args, doc, lambda d: "")
         hint = ""
@@ -98,8 +99,8 @@ def cmd_quarantine_release(args: argparse.Namespace) -> int:
                     "--from ADDRESS` opens a case for it")
         raise CliError(f"message {args.id} is still quarantined: "
                        f"{visible(outcome.reason or '')}{hint}")
-    emit(args, doc, lambda d: f"message {d['message']} released: {d['route']} on case "
-                              f"{d['case_id']}")
+    emit(args, doc, lambda d: f"message {d['message']} released: {d['route']} on "
+                              f"{target(outcome)}")
     return EXIT_OK
 
 

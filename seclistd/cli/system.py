@@ -125,7 +125,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         outcome = accept(factory, settings, raw, source="ingest", now=now())
         doc = {"file": name, "message": outcome.id, "status": outcome.status,
                "duplicate": outcome.duplicate, "case_id": outcome.case_id,
-               "route": outcome.route, "reason": outcome.reason}
+               "request_id": outcome.request_id, "route": outcome.route,
+               "reason": outcome.reason}
         results.append(doc)
         if not args.json:
             if outcome.duplicate:
@@ -134,13 +135,25 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 what = f"quarantined as message {outcome.id}: {outcome.reason}"
             elif outcome.route == "new_report":
                 what = f"new case {outcome.case_id}"
+            elif outcome.route == "join_request" and outcome.request_id:
+                what = f"new join request {outcome.request_id}"
             else:
-                what = f"{outcome.route} on case {outcome.case_id}"
+                what = f"{outcome.route} on {target(outcome)}"
             prefix = f"[{index}/{total}] " if total > 1 else ""
             print(f"{prefix}{name}: {what}")
     if args.json:
         emit(args, results, str)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def target(outcome: object) -> str:
+    """What a processed message went to: its case, its join request, or neither."""
+    case_id, request_id = getattr(outcome, "case_id", None), getattr(outcome, "request_id", None)
+    if case_id:
+        return f"case {case_id}"
+    if request_id:
+        return f"join request {request_id}"
+    return "no case (recorded only)"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
