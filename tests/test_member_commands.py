@@ -394,3 +394,12 @@ def test_a_member_mail_with_only_its_pinned_key_is_ordinary_mail(world: World):
     assert "key_unverified" not in actions(world)
     with world.factory() as session:
         assert session.get(Message, outcome.id).route == "new_report"
+
+
+def test_an_unsigned_reply_quoting_the_welcome_is_no_leave(world: World):
+    text = ("Thanks, glad to be on board!\n\n-----Original Message-----\n"
+            "To leave the list, send a signed mail whose first line is\n\nX-LEAVE\n")
+    outcome = world.ingest(reply("RE: Welcome", text, sender=CRASH))
+    assert outcome.route != "member_command"
+    assert {m.state for m in members(world).values()} == {"active"}
+    assert "command_refused" not in actions(world)

@@ -29,7 +29,7 @@ from seclistd.list_models import JoinRequest, Member
 from seclistd.mail import loops, member_syntax, request_syntax, verp
 from seclistd.mail.parse import ParsedMail
 from seclistd.models import Case, Message, Outbox
-from seclistd.workflows.commands import looks_like_command, named_case
+from seclistd.workflows.commands import looks_like_command, named_case, parse_keywords
 from seclistd.workflows.requests import looks_like_request
 
 MEMBER_TOKEN_KIND = "member_key_token"  # the outbox kind of a key-rotation token mail
@@ -223,12 +223,19 @@ def rule_join_command(ctx: Context) -> Route | None:
 
 
 def _member_command(ctx: Context) -> bool:
-    return (member_syntax.is_member_command(ctx.mail.text)
-            or member_syntax.is_member_command(ctx.raw.decode("latin-1")))
+    """``X-LEAVE`` heads the mail's text, or the mail is signed or encrypted and has an
+    ``X-LEAVE`` line anywhere (its signature then says whether it counts). An unsigned reply
+    that merely carries a quoted welcome (top-posted, unquoted) is no command."""
+    mail = ctx.mail
+    if member_syntax.LEAVE in (name for name, _ in parse_keywords((mail.text or "")[:4096])[0]):
+        return True
+    return mail.content_type in ("multipart/signed", "multipart/encrypted") and (
+        member_syntax.is_member_command(mail.text)
+        or member_syntax.is_member_command(ctx.raw.decode("latin-1")))
 
 
 def rule_member_command(ctx: Context) -> Route | None:
-    """An ``X-LEAVE`` keyword line from anyone: the signature, not the From, decides."""
+    """An ``X-LEAVE`` command from anyone: the signature, not the From, decides."""
     return Route("command", "member_command") if _member_command(ctx) else None
 
 
