@@ -22,7 +22,7 @@ from seclistd.list_models import Member
 from seclistd.models import Message, Outbox
 from seclistd.workflows import member_mail, member_states
 from tests.components import Received, Sink
-from tests.pgp import entity, headers, new_home, signed_mail, with_key_attached
+from tests.pgp import Home, entity, headers, new_home, signed_mail, with_key_attached
 from tests.test_openpgp import _forwarded, _mixed
 from tests.test_requests import ALICE, CRASH, MALLORY, World, make_world, reply, signed_by
 
@@ -77,14 +77,13 @@ def leave_text(arg: str = "") -> str:
     return f"X-LEAVE{': ' + arg if arg else ''}\n\nWe are dropping out of this list."
 
 
-def rotation_mail(world: World, new_key: bytes, *, signer: tuple[object, str] | None = None,
+def rotation_mail(world: World, new_key: bytes, *, signer: tuple[Home, str] | None = None,
                   sender: str = CRASH, message_id: str | None = None) -> bytes:
     """A mail from ``sender`` whose signed entity carries ``new_key`` as an attachment,
     signed by ``signer`` (home, fingerprint; default: CrashOverride's pinned key)."""
     home, fpr = signer or (world.crash, world.crash_fpr)
     signed = signable_with_key("Our key changes: the new one is attached.", new_key)
-    return signed_mail(sender, "new key", signed, home.sign(signed, fpr),  # type: ignore[attr-defined]
-                       message_id=message_id)
+    return signed_mail(sender, "new key", signed, home.sign(signed, fpr), message_id=message_id)
 
 
 def signable_with_key(text: str, key: bytes) -> bytes:
@@ -102,8 +101,8 @@ def token_mail(world: World, to: str = CRASH) -> Received:
     return mail
 
 
-def token_of(world: World, mail: Received, home: object) -> str:
-    match = re.search(r"^Token: ([0-9a-f]{32})\s*$", world.text_of(mail, home), re.M)  # type: ignore[arg-type]
+def token_of(world: World, mail: Received, home: Home) -> str:
+    match = re.search(r"^Token: ([0-9a-f]{32})\s*$", world.text_of(mail, home), re.M)
     assert match
     return match.group(1)
 
