@@ -85,7 +85,9 @@ class JoinRequest(Base):
 
     ``answers`` maps each criterion id to the applicant's answer text; ``missing_criteria``
     lists the ids still unanswered. ``token_sha256`` is the hash of the proof-of-key token
-    mailed encrypted to ``fingerprint``; the token itself is never stored.
+    mailed encrypted to ``fingerprint``; the token itself is never stored. A later, different
+    key waits in ``pending_fingerprint`` (its token's hash in ``pending_token_sha256``) and
+    replaces ``fingerprint`` only when that token comes back.
     """
 
     __tablename__ = "join_requests"
@@ -104,6 +106,10 @@ class JoinRequest(Base):
     fingerprint: Mapped[str | None] = mapped_column(String(40))
     token_sha256: Mapped[str | None] = mapped_column(String(64))
     key_proved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # A different key offered later waits here until the token mailed encrypted to it comes
+    # back; the pinned one above stays until then (a forged From cannot unpin it).
+    pending_fingerprint: Mapped[str | None] = mapped_column(String(40))
+    pending_token_sha256: Mapped[str | None] = mapped_column(String(64))
     root_message_id: Mapped[str | None] = mapped_column(String(998))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     last_activity_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

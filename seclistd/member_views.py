@@ -50,7 +50,9 @@ def show_member(session: Session, tz: ZoneInfo, list_name: str,
     doc = member_view(member, tz)
     doc.update({"name": member.name, "reason": member.state_reason,
                 "joined_at": iso(member.joined_at, tz),
-                "removed_at": iso(member.removed_at, tz), "request_id": member.request_id})
+                "removed_at": iso(member.removed_at, tz), "request_id": member.request_id,
+                # A new key offered by the member, pinned once its token comes back.
+                "pending_fingerprint": member.pending_fingerprint})
     events = session.scalars(select(MemberEvent).where(MemberEvent.member_id == member.id)
                              .order_by(MemberEvent.id))
     doc["events"] = [event_view(e, tz) for e in events]

@@ -41,6 +41,8 @@ from seclistd.models import Case, Message
 from seclistd.workflows import (
     bounces,
     commands,
+    member_commands,
+    member_rotation,
     report,
     reporter_changes,
     request_commands,
@@ -128,7 +130,8 @@ def process(session: Session, now: dt.datetime, settings: Settings, message: Mes
             case_prefix=settings.project.case_prefix, max_received=settings.limits.max_received,
             team=frozenset(m.email for m in settings.team.members),
             security_address=settings.project.security_address,
-            envelope_to=envelope_recipients(message), lists=settings.lists))
+            envelope_to=envelope_recipients(message), lists=settings.lists,
+            decrypted=unwrapped.decrypted or b""))
         budget.check(f"handling it as {route.label}")
     except Unprocessable as exc:
         quarantine(message, str(exc))
@@ -144,7 +147,8 @@ def envelope_recipients(message: Message) -> tuple[str, ...]:
 def dispatch(session: Session, now: dt.datetime, settings: Settings, message: Message,
              mail: ParsedMail, unwrapped: secure.Unwrapped, route: Route) -> None:
     """Hand the classified message to its workflow (or quarantine it, as its route says).
-    The keys it offers are imported only for a report or a reply (bounded: import_offered)."""
+    The keys it offers are imported only for a report, a reply, a join request or a member's
+    key rotation (bounded: import_offered)."""
     message.route = route.label
     if route.kind == "quarantine":
         quarantine(message, route.reason or route.label, route.label)
@@ -153,6 +157,17 @@ def dispatch(session: Session, now: dt.datetime, settings: Settings, message: Me
     if route.kind == "member_bounce":
         assert route.member_id is not None
         bounces.handle(session, now, settings, message, mail, route.member_id)
+        return
+    if route.kind == "command" and route.label == "member_command":
+        problem = member_commands.handle(session, now, settings, keyring(settings.gnupg),
+                                         message, mail, unwrapped)
+        if problem is not None:
+            quarantine(message, problem, route.label)
+        return
+    if route.kind == "member_token":
+        assert route.member_id is not None
+        member_rotation.on_token(session, now, settings, keyring(settings.gnupg), message,
+                                 mail, route.member_id)
         return
     if route.kind == "command" and route.label == "join_command":
         request_id = request_commands.handle(session, now, settings, keyring(settings.gnupg),
@@ -171,6 +186,14 @@ def dispatch(session: Session, now: dt.datetime, settings: Settings, message: Me
         join_request(session, now, settings, message, mail, unwrapped, route)
         return
     offered, refused = import_offered(settings, message.raw, unwrapped)
+    if route.kind == "member_key":
+        if member_rotation.on_key_mail(
+                session, now, settings, keyring(settings.gnupg), message, mail, unwrapped,
+                offered, signed_offered(settings, unwrapped) if offered else []):
+            return
+        # Only the key already pinned: no rotation, ordinary mail from a member.
+        route = Route("new_report", "new_report")
+        message.route = route.label
     if route.kind == "reply":
         case = session.get(Case, route.case_id)
         assert case is not None
@@ -195,7 +218,13 @@ def join_request(session: Session, now: dt.datetime, settings: Settings, message
     if route.kind == "join_request":
         lst = requests.list_settings(settings, route.list_name or "")
         assert lst is not None
-        req = requests.open_request(session, now, settings, message, mail, lst, key)
+        existing = requests.open_request_of(session, lst.name, mail.from_addr)
+        if existing is not None:  # one open request per applicant and list
+            req = existing
+            requests.on_mail(session, now, settings, req, message, mail, "reply", key,
+                             again=True)
+        else:
+            req = requests.open_request(session, now, settings, message, mail, lst, key)
     else:
         found = session.get(JoinRequest, route.request_id)
         assert found is not None

@@ -418,3 +418,38 @@ def seed_without(raw: bytes, drop: str) -> bytes:
     start = text.index(drop)
     end = text.find("\r\n> ", start + 1)
     return (text[:start] + text[end + 2:]).encode()
+
+
+def test_a_second_request_from_the_applicant_adds_to_the_open_one(world: World):
+    first = world.ingest(seed("join_oci.eml", drop="> 6. Be willing and able"))
+    request_id = first.request_id
+    assert world.request(request_id).missing_criteria == ["pgp"]
+    # The applicant writes again from scratch (a new thread, the whole questionnaire), this
+    # time with every answer and the key.
+    again = seed("join_oci.eml").replace(b"<join-oci@seven-corp.example>",
+                                         b"<join-oci-again@seven-corp.example>")
+    head, _, body = again.partition(b"\r\n\r\n")
+    head = head.replace(b"Content-Type: text/plain; charset=utf-8", b"")
+    again = head.rstrip(b"\r\n") + b"\r\n" + with_key_attached(
+        body.decode(), world.applicant.export(world.applicant_fpr))
+    outcome = world.ingest(again)
+    assert outcome.request_id == request_id
+    with world.factory() as session:
+        assert [r.id for r in session.scalars(select(JoinRequest))] == [request_id]
+    req = world.request(request_id)
+    assert req.state == "verifying" and req.missing_criteria == []
+    assert req.fingerprint == world.applicant_fpr
+    assert "request_again" in [e.action for e in req.events]
+    world.deliver()
+    plain = [world.text_of(r) for r in world.mails_to(APPLICANT)
+             if r.message.get_content_type() != "multipart/encrypted"]
+    assert sum(f"already open as {request_id}" in t for t in plain) == 1, plain
+
+
+def test_a_request_for_another_list_is_a_request_of_its_own(world: World):
+    world.ingest(seed("join_oci.eml"))
+    outcome = world.ingest(seed("join_kubernetes.eml"))
+    assert outcome.route == "join_request" and outcome.request_id == world.request_id(2)
+    with world.factory() as session:
+        lists = sorted(r.list_name for r in session.scalars(select(JoinRequest)))
+    assert lists == ["k8s", "oci"]

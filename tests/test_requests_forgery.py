@@ -4,6 +4,7 @@ refused with the rule that failed, recorded on the request, and leaves it as it 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -184,15 +185,50 @@ def test_a_token_from_another_address_proves_nothing(world: World):
     assert world.request(request_id).key_proved_at is not None
 
 
-def test_a_later_key_replaces_the_pinned_one_only_with_a_new_proof(world: World):
+def test_a_later_key_with_a_forged_from_unpins_nothing(world: World):
     request_id = _to_review(world)
+    proved = world.request(request_id).key_proved_at
     mallory_key = world.mallory.export(world.mallory_fpr)
-    # A mail claiming to be the applicant offers another key: the proof starts again.
+    # A mail claiming to be the applicant offers another key: the pinned, proved key stays,
+    # and the request stays under review (no denial of service by a forged From).
     world.ingest(reply(f"[{request_id}] new key", "Here is our new key.", key=mallory_key))
     req = world.request(request_id)
-    assert req.fingerprint == world.mallory_fpr and req.key_proved_at is None
-    assert req.state == "verifying"
-    assert "key_replaced" in [e.action for e in req.events]
+    assert req.fingerprint == world.applicant_fpr and req.key_proved_at == proved
+    assert req.state == "pending_review"
+    assert req.pending_fingerprint == world.mallory_fpr and req.pending_token_sha256
+    assert "key_offered" in [e.action for e in req.events]
+    assert "key_replaced" not in [e.action for e in req.events]
+    # Its token went to the applicant's mailbox, encrypted to the offered key: the forger
+    # holds the key but never sees the mail.
+    with world.factory() as session:
+        [token_mail] = session.scalars(select(Outbox).where(
+            Outbox.kind == "request_token", Outbox.encrypt_to == world.mallory_fpr))
+        assert token_mail.to_addr == APPLICANT and token_mail.must_encrypt
     approve = world.cli("requests", "approve", request_id)
-    assert approve.returncode == 1 and "proof of key" in approve.stderr
+    assert approve.returncode == 0, approve.stderr
+    with world.factory() as session:
+        member = session.scalar(select(Member).where(Member.request_id == request_id))
+        assert member is not None and member.fingerprint == world.applicant_fpr
     assert world.request(request_id).applicant == APPLICANT
+
+
+def test_a_new_key_replaces_the_pinned_one_once_its_token_comes_back(world: World):
+    request_id = _to_review(world)
+    new_fpr = world.applicant.generate("Acidburn (2027)", APPLICANT)
+    world.ingest(reply(f"[{request_id}] new key", "Our key changed.",
+                       key=world.applicant.export(new_fpr)))
+    assert world.request(request_id).fingerprint == world.applicant_fpr
+    world.deliver()
+    tokens = [re.search(r"^Token: ([0-9a-f]{32})\s*$", world.text_of(r, world.applicant), re.M)
+              for r in world.mails_to(APPLICANT)
+              if r.message.get_content_type() == "multipart/encrypted"]
+    new_token = [m.group(1) for m in tokens if m][-1]
+    # Answered from another address, it proves nothing; from the applicant's, it pins.
+    world.ingest(reply(f"[{request_id}] token", f"Token: {new_token}", sender=MALLORY))
+    assert world.request(request_id).fingerprint == world.applicant_fpr
+    world.ingest(reply(f"[{request_id}] token", f"Token: {new_token}"))
+    req = world.request(request_id)
+    assert req.fingerprint == new_fpr and req.key_proved_at is not None
+    assert req.pending_fingerprint is None and req.pending_token_sha256 is None
+    assert req.state == "pending_review"
+    assert "key_replaced" in [e.action for e in req.events]

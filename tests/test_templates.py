@@ -74,7 +74,10 @@ ABOUT_MEMBER = {"member_bounce_suspended.txt.j2", "member_bounce_warning.txt.j2"
                 "member_key_resumed.txt.j2", "team_member_key.txt.j2",
                 "team_member_sweep_failed.txt.j2",
                 "member_added.txt.j2", "member_removed.txt.j2", "member_suspended.txt.j2",
-                "member_resumed.txt.j2", "team_member_changed.txt.j2"}
+                "member_resumed.txt.j2", "team_member_changed.txt.j2",
+                "member_left.txt.j2", "member_command_refused.txt.j2",
+                "member_key_token.txt.j2", "member_key_rotated.txt.j2",
+                "member_key_unverified.txt.j2"}
 CONTEXT.update({"list_name": "distributors", "email": "security@distro.example",
                 "organization": "Distro", "remedy": "", "state": "suspended"})
 # Mail to a list member about the list itself (no case, no member details).

@@ -60,6 +60,8 @@ def upgrade() -> None:
     sa.Column('fingerprint', sa.String(length=40), nullable=True),
     sa.Column('token_sha256', sa.String(length=64), nullable=True),
     sa.Column('key_proved_at', seclistd.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('pending_fingerprint', sa.String(length=40), nullable=True),
+    sa.Column('pending_token_sha256', sa.String(length=64), nullable=True),
     sa.Column('root_message_id', sa.String(length=998), nullable=True),
     sa.Column('created_at', seclistd.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('last_activity_at', seclistd.models.UTCDateTime(timezone=True), nullable=False),

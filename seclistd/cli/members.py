@@ -65,7 +65,8 @@ def cmd_members_list(args: argparse.Namespace) -> int:
 
 def _member_text(doc: dict[str, Any]) -> str:
     head = {k: doc[k] for k in ("email", "organization", "list", "state", "reason",
-                                "fingerprint", "key_expires", "joined_at", "removed_at")}
+                                "fingerprint", "key_expires", "pending_fingerprint",
+                                "joined_at", "removed_at")}
     parts = [kv({k: ("-" if v is None else v) for k, v in head.items()}), "", "events:"]
     parts += [f"  {e['at']}  {e['actor']}  {e['action']}  "
               f"{e['from_state'] or '-'} -> {e['to_state'] or '-'}  {e['detail']}"

@@ -52,7 +52,8 @@ def cmd_requests_list(args: argparse.Namespace) -> int:
 def _show_text(doc: dict[str, Any]) -> str:
     head = {k: doc[k] for k in ("id", "state", "list", "applicant", "applicant_name",
                                 "organization", "created_at", "last_activity_at",
-                                "fingerprint", "key_proved_at", "voucher_named", "voucher",
+                                "fingerprint", "key_proved_at", "pending_fingerprint",
+                                "voucher_named", "voucher",
                                 "member", "decided_at", "decided_by")}
     head["vouches"] = f"{len(doc['vouches'])} of {doc['vouches_required']}"
     head["missing_criteria"] = ", ".join(doc["missing_criteria"]) or "-"

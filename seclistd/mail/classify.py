@@ -6,10 +6,13 @@ return path (``security+bounce-TOKEN@…``, ``mail.verp``) is that member's boun
 answer (or quarantined when they answer nothing of ours, so they never open a case that
 pages the team); then replies on an existing case (In-Reply-To and References first, the
 ``[SEC-…]`` subject tag second), then replies on a join request (the same way,
-``[JOIN-…]``); a message without a usable From is quarantined; a mail shaped like a join
-request opens one; everything else is a new report. Keyword commands come before replies: a
-team member's (``X-CASE`` or ``X-REQUEST``), and anyone's ``X-VOUCH`` (its signature
-decides, later).
+``[JOIN-…]``); then the answer to a member's key-rotation token (a reply to the token
+mail, or a ``Token:`` line from a member address with a rotation waiting); a message without
+a usable From is quarantined; a mail shaped like a join request opens one; a mail from a
+current member's address that offers a key is a key rotation (``member_key``: the pipeline
+hands it back as a new report when the key is the one already pinned); everything else is a
+new report. Keyword commands come before replies: a team member's (``X-CASE`` or
+``X-REQUEST``), and anyone's ``X-VOUCH`` or ``X-LEAVE`` (its signature decides, later).
 """
 
 from __future__ import annotations
@@ -23,25 +26,27 @@ from sqlalchemy.orm import Session
 
 from seclistd.config import ListSettings
 from seclistd.list_models import JoinRequest, Member
-from seclistd.mail import loops, request_syntax, verp
+from seclistd.mail import loops, member_syntax, request_syntax, verp
 from seclistd.mail.parse import ParsedMail
 from seclistd.models import Case, Message, Outbox
-from seclistd.workflows.commands import looks_like_command
+from seclistd.workflows.commands import looks_like_command, named_case, parse_keywords
 from seclistd.workflows.requests import looks_like_request
 
+MEMBER_TOKEN_KIND = "member_key_token"  # the outbox kind of a key-rotation token mail
 _DSN_MSGID = re.compile(rb"^message-id:[ \t]*(<[^<>\s]{1,900}>)", re.I | re.M)
 
 
 @dataclass(frozen=True)
 class Route:
     kind: str  # "quarantine" | "command" | "reply" | "request_reply" | "join_request" |
-    # "new_report" | "member_bounce"
+    # "new_report" | "member_bounce" | "member_token" | "member_key"
     label: str  # what the message is: loop, bounce, auto_reply, reply, new_report, ...
     case_id: str | None = None
     reason: str | None = None
     request_id: str | None = None  # the join request it answers (request_reply, commands)
     list_name: str | None = None  # the list a new join request asks to join
-    member_id: int | None = None  # for "member_bounce": the member its return path names
+    member_id: int | None = None  # "member_bounce": the member its return path names;
+    # "member_token": the member whose rotation token the mail answers
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class Context:
     # The envelope recipients the intake saw (the listener's RCPT TO), if it saw them.
     envelope_to: tuple[str, ...] = ()
     lists: tuple[ListSettings, ...] = ()
+    decrypted: bytes = b""  # the decrypted entity of an encrypted mail, if any
 
 
 def case_by_thread(session: Session, ids: list[str]) -> str | None:
@@ -194,6 +200,9 @@ def rule_command(ctx: Context) -> Route | None:
     mail = ctx.mail
     if mail.from_addr in ctx.team and (looks_like_command(mail.text)
                                        or looks_like_command(ctx.raw.decode("latin-1"))):
+        if _member_command(ctx) and not _join_command(ctx) and \
+                named_case(mail.text, ctx.raw.decode("latin-1")) is None:
+            return Route("command", "member_command")
         if _join_command(ctx):
             return Route("command", "join_command", request_id=threaded_request(ctx))
         return Route("command", "command", case_id=threaded_case(ctx))
@@ -211,6 +220,61 @@ def rule_join_command(ctx: Context) -> Route | None:
     if _join_command(ctx):
         return Route("command", "join_command", request_id=threaded_request(ctx))
     return None
+
+
+def _member_command(ctx: Context) -> bool:
+    """``X-LEAVE`` heads the mail's text, or the mail is signed or encrypted and has an
+    ``X-LEAVE`` line anywhere (its signature then says whether it counts). An unsigned reply
+    that merely carries a quoted welcome (top-posted, unquoted) is no command."""
+    mail = ctx.mail
+    if member_syntax.LEAVE in (name for name, _ in parse_keywords((mail.text or "")[:4096])[0]):
+        return True
+    return mail.content_type in ("multipart/signed", "multipart/encrypted") and (
+        member_syntax.is_member_command(mail.text)
+        or member_syntax.is_member_command(ctx.raw.decode("latin-1")))
+
+
+def rule_member_command(ctx: Context) -> Route | None:
+    """An ``X-LEAVE`` command from anyone: the signature, not the From, decides."""
+    return Route("command", "member_command") if _member_command(ctx) else None
+
+
+def member_by_thread(session: Session, ids: list[str]) -> int | None:
+    """The member whose key-rotation token mail these Message-IDs answer, if any."""
+    if not ids:
+        return None
+    return session.scalars(select(Outbox.member_id).where(
+        Outbox.message_id.in_(list(dict.fromkeys(ids))[:100]),
+        Outbox.kind == MEMBER_TOKEN_KIND, Outbox.member_id.is_not(None))).first()
+
+
+def rule_member_token(ctx: Context) -> Route | None:
+    """The answer to a member's key-rotation token: a reply to the token mail (whoever sent
+    it: the handler records a token from another address as proving nothing), or a
+    ``Token:`` line from a current member's address with a rotation waiting."""
+    mail = ctx.mail
+    member_id = member_by_thread(ctx.session, mail.in_reply_to + mail.references)
+    if member_id is None and mail.from_addr and request_syntax.tokens_in(mail.text):
+        member_id = ctx.session.scalars(select(Member.id).where(
+            Member.email == loops.canonical_mailbox(mail.from_addr),
+            Member.pending_token_sha256.is_not(None), Member.state != "removed")
+            .order_by(Member.id)).first()
+    if member_id is None:
+        return None
+    return Route("member_token", "member_token", member_id=member_id)
+
+
+def rule_member_key(ctx: Context) -> Route | None:
+    """A mail from a current member's address that offers a key: a key rotation, to be
+    judged by its signature (``workflows.member_rotation``)."""
+    mail = ctx.mail
+    if not mail.from_addr or not (member_syntax.offers_key(ctx.raw)
+                                  or member_syntax.offers_key(ctx.decrypted)):
+        return None
+    member_id = ctx.session.scalars(select(Member.id).where(
+        Member.email == loops.canonical_mailbox(mail.from_addr), Member.state != "removed")
+        .order_by(Member.id)).first()
+    return Route("member_key", "member_key", member_id=member_id) if member_id else None
 
 
 def rule_request_reply(ctx: Context) -> Route | None:
@@ -247,8 +311,8 @@ def rule_new_report(ctx: Context) -> Route | None:
 
 RULES: tuple[Callable[[Context], Route | None], ...] = (
     rule_loop, rule_member_bounce, rule_bounce, rule_auto_reply, rule_command,
-    rule_join_command, rule_reply, rule_request_reply, rule_sender, rule_join_request,
-    rule_new_report,
+    rule_join_command, rule_member_command, rule_reply, rule_request_reply, rule_member_token,
+    rule_sender, rule_join_request, rule_member_key, rule_new_report,
 )
 
 

@@ -17,9 +17,16 @@ mail it causes commit together. Decisions written down here:
   from that address. Mail from anyone else on a request's thread is recorded and changes
   nothing.
 - The key: the first key the applicant offers (attached, pasted or Autocrypt, never fetched)
-  is pinned and a one-time token goes to it encrypted. A different key offered later
-  replaces the pinned one, but the proof starts again (a new token to the new key; a request
-  under review goes back to ``verifying``), and the team sees the replacement in the events.
+  is pinned and a one-time token goes to it encrypted. A different key offered later does
+  not unpin it: it waits in ``pending_fingerprint`` and a token goes encrypted to it; only
+  when that token comes back (from the applicant's address) does the new key replace the
+  pinned one, already proved. Until then nothing changes: the request keeps its key and its
+  state, so a mail with a forged From and another key cannot send a request under review
+  back to ``verifying``. The team sees both steps in the events.
+- One open request per applicant and list: a second mail shaped like a join request, from
+  the address of a request still open (not approved, denied or expired) for the same list,
+  adds its answers to that request instead of opening another, and the applicant is told
+  which request it went to.
 - Mail to the applicant goes in plaintext until the key is proved (an unproved key may be
   wrong, and the applicant must read the instructions), encrypted to it afterwards; the
   token mail always goes only encrypted. Automatic answers to the applicant's mails obey the
@@ -37,10 +44,8 @@ mail it causes commit together. Decisions written down here:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import re
-import secrets
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -55,7 +60,7 @@ from seclistd.mail.render import render
 from seclistd.models import Message
 from seclistd.outbox import enqueue
 from seclistd.workflows import criteria as crit
-from seclistd.workflows import member_states, report
+from seclistd.workflows import member_states, report, tokens
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +78,6 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (SUBMITTED, "verify"): VERIFYING,
     (INCOMPLETE, "verify"): VERIFYING,
     (VERIFYING, "review"): PENDING_REVIEW,
-    (PENDING_REVIEW, "reverify"): VERIFYING,  # a new key replaced the proved one
     (PENDING_REVIEW, "approve"): APPROVED,
     **{(state, "force_approve"): APPROVED for state in FORCEABLE},
     **{(state, "deny"): DENIED for state in OPEN_STATES},
@@ -257,57 +261,75 @@ def answer_withheld(session: Session, now: dt.datetime, settings: Settings,
 
 def offer_key(session: Session, now: dt.datetime, settings: Settings, req: JoinRequest,
               fingerprint: str | None, actor: str) -> list[str]:
-    """Pin an offered key (or replace the pinned one, which restarts the proof). Returns
-    notes for the applicant."""
-    if not fingerprint or fingerprint == req.fingerprint:
+    """Pin the first offered key; a different one later waits for its own proof
+    (``pending_fingerprint``) while the pinned one stays. Returns notes for the applicant."""
+    if not fingerprint or fingerprint in (req.fingerprint, req.pending_fingerprint):
         return []
-    old = req.fingerprint
-    req.fingerprint, req.key_proved_at, req.token_sha256 = fingerprint, None, None
-    if old is None:
+    if req.fingerprint is None:
+        req.fingerprint, req.key_proved_at, req.token_sha256 = fingerprint, None, None
         record(session, now, req, actor=actor, action="key_pinned",
                detail=f"key {fingerprint} offered with the applicant's mail and pinned")
         return [f"We pinned the key {fingerprint} to your request."]
-    record(session, now, req, actor=actor, action="key_replaced",
-           detail=f"key {old} replaced by {fingerprint}; the proof of key starts again")
-    if req.state == PENDING_REVIEW and settings.membership.require_key_proof:
-        transition(session, now, req, "reverify", actor=actor,
-                   detail="a new key must be proved before the review")
-    return [f"Your mail offered a different key, {fingerprint}; it replaces {old}, and the "
-            "proof of key starts again with a new token."]
+    earlier = req.pending_fingerprint
+    req.pending_fingerprint, req.pending_token_sha256 = fingerprint, None
+    record(session, now, req, actor=actor, action="key_offered",
+           detail=f"another key {fingerprint} offered; {req.fingerprint} stays pinned until "
+                  "the token mailed encrypted to the new key comes back"
+                  + (f" (it takes the place of the earlier offer {earlier})" if earlier else ""))
+    return [f"Your mail offered a different key, {fingerprint}. The key {req.fingerprint} "
+            "stays on your request until you prove the new one: we send a token encrypted to "
+            "it; reply with its Token line and the new key replaces the old."]
 
 
-def send_token(session: Session, now: dt.datetime, settings: Settings, req: JoinRequest) -> None:
-    """Mail a one-time token encrypted to the pinned key; only its SHA-256 is kept."""
-    assert req.fingerprint is not None
-    token = secrets.token_hex(16)
-    req.token_sha256 = hashlib.sha256(token.encode()).hexdigest()
+def send_token(session: Session, now: dt.datetime, settings: Settings, req: JoinRequest,
+               *, pending: bool = False) -> None:
+    """Mail a one-time token encrypted to the pinned key (``pending``: to the key offered to
+    replace it); only its SHA-256 is kept."""
+    key = req.pending_fingerprint if pending else req.fingerprint
+    assert key is not None
+    token, hashed = tokens.new_token()
+    if pending:
+        req.pending_token_sha256 = hashed
+    else:
+        req.token_sha256 = hashed
     body = render("request_token.txt.j2", settings.templates.dir, request_id=req.id,
-                  token=token, fingerprint=req.fingerprint, project=settings.project.name,
+                  token=token, fingerprint=key, project=settings.project.name,
                   security_address=settings.project.security_address)
     enqueue(session, now, settings, kind="request_token", to=req.applicant,
             to_name=req.applicant_name,
             subject=compose.tagged_subject(req.id, "Proof of key: your token"), body=body,
             in_reply_to=req.root_message_id, auto=True, auto_submitted="auto-replied",
-            request_id=req.id, encrypt_to=req.fingerprint)
+            request_id=req.id, encrypt_to=key)
     record(session, now, req, actor=SYSTEM, action="token_sent",
-           detail=f"one-time token mailed encrypted to {req.fingerprint}")
+           detail=f"one-time token mailed encrypted to {key}"
+                  + (" (the key offered to replace the pinned one)" if pending else ""))
 
 
 def check_tokens(session: Session, now: dt.datetime, req: JoinRequest, text: str,
                  actor: str) -> list[str]:
-    """Prove the key when the mail (from the applicant's address) carries the token."""
+    """Prove a key when the mail (from the applicant's address) carries its token: the pinned
+    key's, or the one of a key offered to replace it (which then replaces it)."""
     notes: list[str] = []
-    for token in request_syntax.tokens_in(text):
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        if req.token_sha256 is not None and secrets.compare_digest(digest, req.token_sha256):
+    for token in tokens.offered(text):
+        if req.pending_fingerprint and tokens.matches(token, req.pending_token_sha256):
+            old, new = req.fingerprint, req.pending_fingerprint
+            req.fingerprint, req.key_proved_at, req.token_sha256 = new, now, None
+            req.pending_fingerprint = req.pending_token_sha256 = None
+            record(session, now, req, actor=actor, action="key_replaced",
+                   detail=f"the token mailed encrypted to {new} came back: it replaces {old}")
+            notes.append(f"Your new key {new} is proved and replaces {old}.")
+            return notes
+        if tokens.matches(token, req.token_sha256):
             req.key_proved_at, req.token_sha256 = now, None
             record(session, now, req, actor=actor, action="key_proved",
                    detail=f"the token mailed encrypted to {req.fingerprint} came back")
             notes.append(f"Your key {req.fingerprint} is proved: thank you.")
             return notes
-        why = "the key is already proved" if req.key_proved_at else "unknown or used token"
+        waiting = req.token_sha256 is not None or req.pending_token_sha256 is not None
+        why = "unknown or used token" if waiting or not req.key_proved_at \
+            else "the key is already proved"
         record(session, now, req, actor=actor, action="token_refused", detail=why)
-        if not req.key_proved_at:
+        if waiting:
             notes.append("A token in your mail was not accepted (it is not the one of the "
                          "latest token mail); please send the one from the most recent.")
     return notes
@@ -409,6 +431,9 @@ def still_needed(settings: Settings, req: JoinRequest) -> list[str]:
 def advance(session: Session, now: dt.datetime, settings: Settings, req: JoinRequest, *,
             actor: str, may_answer: bool = True) -> None:
     """Move the request as far as it can go; ``may_answer``: a token may be mailed now."""
+    if (req.state in OPEN_STATES and req.pending_fingerprint
+            and req.pending_token_sha256 is None and may_answer):
+        send_token(session, now, settings, req, pending=True)
     if req.state in (SUBMITTED, INCOMPLETE):
         if req.missing_criteria:
             if req.state == SUBMITTED:
@@ -471,10 +496,23 @@ def open_request(session: Session, now: dt.datetime, settings: Settings, message
     return req
 
 
+def open_request_of(session: Session, list_name: str, address: str | None) -> JoinRequest | None:
+    """The applicant's request still open (not approved, denied or expired) for that list."""
+    if not address:
+        return None
+    return session.scalars(select(JoinRequest).where(
+        JoinRequest.list_name == list_name,
+        JoinRequest.applicant == loops.canonical_mailbox(address),
+        JoinRequest.state.in_(OPEN_STATES)).order_by(JoinRequest.created_at)).first()
+
+
 def on_mail(session: Session, now: dt.datetime, settings: Settings, req: JoinRequest,
-            message: Message, mail: ParsedMail, label: str, offered_key: str | None) -> None:
+            message: Message, mail: ParsedMail, label: str, offered_key: str | None, *,
+            again: bool = False) -> None:
     """A mail on a request's thread: the applicant's answers, key and token count; anyone
-    else's mail (and bounces, automatic replies) is recorded and changes nothing."""
+    else's mail (and bounces, automatic replies) is recorded and changes nothing.
+    ``again``: a new request-shaped mail from the applicant of this open request (it adds
+    its answers here, whatever the state, and the applicant is told where it went)."""
     message.request_id = req.id
     who = loops.canonical_mailbox(mail.from_addr) if mail.from_addr else "(unknown sender)"
     if label != "reply":
@@ -497,10 +535,18 @@ def on_mail(session: Session, now: dt.datetime, settings: Settings, req: JoinReq
                detail=f"message from the applicant after the request was {req.state}")
         return
     notes = check_tokens(session, now, req, text, who)
-    if req.state in (SUBMITTED, INCOMPLETE):
+    if again:
+        notes.insert(0, f"Your request to join {req.list_name} is already open as {req.id}: "
+                        "we added this mail to it instead of opening a second one.")
+        record(session, now, req, actor=who, action="request_again",
+               detail="another request-shaped mail from the applicant for the same list, "
+                      "added to this request")
+    if req.state in (SUBMITTED, INCOMPLETE) or again:
         criteria = criteria_of(settings, req)
         answers, missing = _answers(crit.merge_answers(dict(req.answers), text, criteria))
         added = [k for k in answers if k not in req.answers or answers[k] != req.answers[k]]
+        if req.state not in (SUBMITTED, INCOMPLETE):  # past the answers: nothing reopens
+            missing = [m for m in missing if m in req.missing_criteria]
         req.answers, req.missing_criteria = answers, missing
         if not req.voucher_named:
             req.voucher_named = compose.clean(crit.voucher_named(answers, criteria), 1000)
@@ -716,6 +762,7 @@ def show_request(session: Session, settings: Settings,
         "vouches_required": settings.membership.vouches_required,
         "fingerprint": req.fingerprint, "key_proved_at": _iso(req.key_proved_at, tz),
         "token_pending": req.token_sha256 is not None,
+        "pending_fingerprint": req.pending_fingerprint,
         "still_needed": still_needed(settings, req) if req.state in OPEN_STATES else [],
         "decided_at": _iso(req.decided_at, tz), "decided_by": req.decided_by,
         "member": session.get(Member, req.member_id).email if req.member_id else None,
