@@ -150,6 +150,29 @@ def test_import_refuses_a_file_without_a_table(lenv: Env, tmp_path: Path):
     assert "cannot read it" in missing
 
 
+def test_our_own_addresses_are_never_members(lenv: Env, tmp_path: Path):
+    """The security address, a list's address or one of their sub-addresses (a bounce
+    return path) as a member would mail embargoed notices to ourselves: refused by `add`,
+    skipped by `import` with the reason (found by the attack review: all were added)."""
+    for own in ("security@example.org", "Distributors@Example.org",
+                "security+bounce-0123456789abcdef0123@example.org"):
+        line = one_line_failure(cli(lenv.path, "members", "add", own, "--organization",
+                                    "Us"), 1)
+        assert "is our own address" in line, line
+    table = tmp_path / "members.md"
+    table.write_text("| Email | Organization |\n| --- | --- |\n"
+                     "| security@example.org | Us |\n"
+                     "| oci-distributors+x@example.org | Us |\n"
+                     "| security@distro.example | Distro |\n")
+    done = cli(lenv.path, "members", "import", str(table), "--list", "distributors")
+    assert done.returncode == 0, done.stderr
+    assert "line 3: our own address (security@example.org)" in done.stdout
+    assert "line 4: our own address (oci-distributors@example.org)" in done.stdout
+    assert "1 added, 2 skipped" in done.stdout
+    assert [m["email"] for m in run_json(lenv, "members", "list")] == [
+        "security@distro.example"]
+
+
 def test_export_then_import_round_trips(lenv: Env, tmp_path: Path, sink: Sink):
     run_json(lenv, "members", "import", str(DATA / "k8s_members.md"))
     assert cli(lenv.path, "members", "suspend", "security@rancher.com", "--reason",

@@ -257,6 +257,11 @@ def import_table(session: Session, now: dt.datetime, settings: Settings, lst: Li
             report.skipped.append(Skipped(row.line, shown,
                                           f"already a member ({member.state})"))
             continue
+        own = members.own_address(settings, row.email)
+        if own is not None:
+            report.skipped.append(Skipped(row.line, shown, f"our own address ({own}), not "
+                                                           "a member's"))
+            continue
         if member is not None and member.state == REMOVED:
             when = member.removed_at.date().isoformat() if member.removed_at else "earlier"
             report.skipped.append(Skipped(

@@ -182,6 +182,17 @@ def find(session: Session, list_name: str, email: str) -> Member:
     return member
 
 
+def own_address(settings: Settings, email: str) -> str | None:
+    """The project's or a list's own address that ``email`` (canonical) is, sub-addresses
+    (``security+bounce-…@``) included, or None. Such a member would mail embargoed notices
+    to ourselves (a loop) or to the list's own address."""
+    local, _, domain = email.rpartition("@")
+    base = f"{local.split('+', 1)[0]}@{domain}"
+    own = {settings.project.security_address.lower(),
+           *(other.address.lower() for other in settings.lists)}
+    return next((a for a in sorted(own) if a in (email, base)), None)
+
+
 def add(session: Session, now: dt.datetime, settings: Settings, *, lst: ListSettings,
         email: str, organization: str, actor: str, key: PinnedKey | None = None,
         name: str = "", tell: bool = True, detail: str = "") -> Member:
@@ -192,6 +203,10 @@ def add(session: Session, now: dt.datetime, settings: Settings, *, lst: ListSett
     if problem:
         raise MemberError(f"{email!r} is not a mail address ({problem}), expected "
                           "local@domain, e.g. security@distro.example")
+    own = own_address(settings, email)
+    if own is not None:
+        raise MemberError(f"{email} is our own address ({own}), not a member's: mail to it "
+                          "would come back to us; give the member's own address")
     organization = clean_organization(organization)
     if not organization:
         raise MemberError("the organization is empty; give the distribution or company the "
