@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from seclistd import failures
@@ -253,11 +253,20 @@ def backoff(attempts: int) -> int:
     return failures.backoff(attempts)
 
 
+# Mail that carries a one-time token or code in its text: once sent, its stored copy is
+# replaced, so that the token lives only in the recipient's mailbox (the database keeps its
+# SHA-256), not in the outbox, a backup or `outbox list`.
+SECRET_KINDS = ("request_token", "member_key_token", "confirm_change")
+SCRUBBED = b"(removed once sent: this mail carried a one-time token)\r\n"
+
+
 def _finish(factory: sessionmaker[Session], row_id: int, owner: str, **values: object) -> None:
     """Record the outcome of one send in its own short transaction (Core: this is per mail)."""
     t = Outbox.__table__
     if isinstance(values.get("last_error"), str):
         values["last_error"] = failures.clean_text(str(values["last_error"]))
+    if values.get("status") == "sent":
+        values["raw"] = case((t.c.kind.in_(SECRET_KINDS), SCRUBBED), else_=t.c.raw)
     with transaction(factory) as session:
         session.connection().execute(
             update(t).where(t.c.id == row_id, t.c.lease_owner == owner)

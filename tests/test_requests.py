@@ -244,6 +244,11 @@ def test_oci_example_request_to_member_with_cli_approval(world: World):
     assert f"X-VOUCH: {request_id}" in ask_text and APPLICANT in ask_text
     # The token dance: decrypt, answer.
     token = token_from(world)
+    # Once sent, the token lives only in the applicant's mailbox: the outbox's stored copy
+    # is gone (the database keeps the SHA-256 only).
+    with world.factory() as session:
+        [row] = session.scalars(select(Outbox).where(Outbox.kind == "request_token")).all()
+        assert row.status == "sent" and token.encode() not in row.raw
     world.ingest(reply(f"Re: [{request_id}] Proof of key", f"Token: {token}\n"))
     req = world.request()
     assert req.key_proved_at is not None and req.token_sha256 is None
