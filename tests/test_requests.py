@@ -458,3 +458,28 @@ def test_a_request_for_another_list_is_a_request_of_its_own(world: World):
     with world.factory() as session:
         lists = sorted(r.list_name for r in session.scalars(select(JoinRequest)))
     assert lists == ["k8s", "oci"]
+
+
+def test_a_flood_of_requests_becomes_one_team_digest(world: World):
+    """Past autoreply.team_digest_after requests within an hour the team gets a digest, not
+    one mail each (found by the attack review: 40 requests paged the team 40 times)."""
+    from seclistd import db
+    from seclistd.workflows import notices
+
+    threshold = world.settings.autoreply.team_digest_after
+    total = threshold + 5
+    for n in range(total):
+        raw = seed("join_oci.eml").replace(b"acidburn@seven-corp.example",
+                                           f"applicant{n}@distro{n}.example".encode())
+        raw = raw.replace(b"CrashOverride will vouch", b"Nobody we know will vouch")
+        assert world.ingest(raw).route == "join_request"
+    with world.factory() as session:
+        asked = session.scalars(select(Outbox.request_id).where(
+            Outbox.kind == "request_team")).all()
+    assert len(set(asked)) == threshold  # one notice each up to the threshold, then none
+    with db.transaction(world.factory) as session:
+        assert notices.sweep(session, world.now(), world.settings) == total - threshold
+    world.deliver()
+    [digest] = [t for t in world.texts_to(ALICE, world.alice)
+                if f"these {total - threshold} notices were held" in t]
+    assert all(f"applicant{n}@distro{n}.example" in digest for n in range(threshold, total))

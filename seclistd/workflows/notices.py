@@ -1,4 +1,4 @@
-"""Team notices that must not flood: new reports and quarantined messages.
+"""Team notices that must not flood: new reports, quarantined messages and join requests.
 
 The team hears of each new report (``report.notify_team``) and of each quarantined message
 (``quarantined``) by a mail of its own, until more than ``autoreply.team_digest_after``
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from seclistd.config import Settings
 from seclistd.mail import compose
 from seclistd.mail.render import render
-from seclistd.models import Case, DigestEntry, Message
+from seclistd.models import Case, DigestEntry, Message, Outbox
 from seclistd.outbox import enqueue
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ KINDS = {
     "case": ("team_report_digest.txt.j2", "report_digest", "Digest: {n} new reports"),
     "quarantine": ("team_quarantine_digest.txt.j2", "quarantine_digest",
                    "Digest: {n} messages quarantined"),
+    "request": ("team_request_digest.txt.j2", "request_digest",
+                "Digest: {n} join request notices"),
 }
 
 
@@ -68,6 +70,27 @@ def hold_case(session: Session, now: dt.datetime, settings: Settings, case: Case
                else compose.short(case.subject, SUBJECT_CHARS) or "(no subject)")
     line = f"{case.id}  {_when(settings, case.received_at)}  {case.reporter}  {subject}"
     session.add(DigestEntry(kind="case", ref=case.id, line=line, at=now))
+
+
+# --- join requests ------------------------------------------------------------------------
+
+def hold_request_notice(session: Session, now: dt.datetime, settings: Settings,
+                        request_id: str, applicant: str, what: str) -> bool:
+    """Past ``team_digest_after`` join requests the team heard of within the hour, list this
+    notice in the next digest instead of mailing it; returns whether it was held."""
+    t = Outbox.__table__.c
+    mailed = session.connection().execute(
+        select(func.count(func.distinct(t.request_id))).where(
+            t.kind == "request_team", t.created_at > now - WINDOW,
+            t.created_at <= now)).scalar() or 0
+    held = session.connection().execute(
+        select(func.count()).select_from(DigestEntry).where(
+            DigestEntry.kind == "request", DigestEntry.at > now - WINDOW)).scalar() or 0
+    if mailed + held < settings.autoreply.team_digest_after:
+        return False
+    line = f"{request_id}  {_when(settings, now)}  {applicant}  {compose.short(what, 80)}"
+    session.add(DigestEntry(kind="request", ref=request_id, line=line, at=now))
+    return True
 
 
 # --- quarantine ---------------------------------------------------------------------------
@@ -140,8 +163,8 @@ def sweep(session: Session, now: dt.datetime, settings: Settings) -> int:
             continue
         for entry in entries:
             entry.digested_at = now
-        threshold = (settings.autoreply.team_digest_after if kind == "case"
-                     else settings.autoreply.quarantine_digest_after)
+        threshold = (settings.autoreply.quarantine_digest_after if kind == "quarantine"
+                     else settings.autoreply.team_digest_after)
         body = render(template, settings.templates.dir,
                       security_address=settings.project.security_address,
                       threshold=threshold, count=len(entries),

@@ -60,7 +60,7 @@ from seclistd.mail.render import render
 from seclistd.models import Message
 from seclistd.outbox import enqueue
 from seclistd.workflows import criteria as crit
-from seclistd.workflows import member_states, report, tokens
+from seclistd.workflows import member_states, notices, report, tokens
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,12 @@ def _mail_applicant(session: Session, now: dt.datetime, settings: Settings, req:
 
 def tell_team(session: Session, now: dt.datetime, settings: Settings, req: JoinRequest, *,
               what: str, subject: str, extra: str = "") -> list[str]:
-    """One notice about the request to every team member; returns their addresses."""
+    """One notice about the request to every team member (or, past the hourly threshold, a
+    line in the next digest); returns the addresses told now."""
+    if notices.hold_request_notice(session, now, settings, req.id, req.applicant, subject):
+        record(session, now, req, actor=SYSTEM, action="team_told",
+               detail=f"{subject}: listed in the next team digest (flood threshold passed)")
+        return []
     body = render("request_team.txt.j2", settings.templates.dir, what=what, extra=extra,
                   request=summary(settings, req), vouches_required=settings.membership
                   .vouches_required, security_address=settings.project.security_address)
