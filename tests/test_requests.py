@@ -23,7 +23,7 @@ from seclistd import config, daemon, db
 from seclistd.intake.store import Outcome, accept
 from seclistd.list_models import JoinRequest, Member
 from seclistd.models import Outbox
-from seclistd.workflows import member_states, requests
+from seclistd.workflows import member_rotation, member_states, requests
 from tests.components import MACHINE_CLOCK, Received, Sink, cli, write_config
 from tests.pgp import (
     Home,
@@ -117,6 +117,12 @@ class World:
             if state != "active":
                 member_states.change_state(session, member, "suspend", actor="test",
                                            now=self.now(), reason="bounces")
+
+    def member(self, email: str) -> Member:
+        with self.factory() as session:
+            found = session.scalar(select(Member).where(Member.email == email))
+            assert found is not None
+            return found
 
     def mails_to(self, address: str) -> list[Received]:
         return self.sink.to(address)
@@ -277,11 +283,23 @@ def test_oci_example_request_to_member_with_cli_approval(world: World):
     assert done.returncode == 0, done.stderr
     with world.factory() as session:
         member = session.scalar(select(Member).where(Member.email == ALIAS))
-        assert member is not None and member.state == "active" and member.list_name == "oci"
+        # The applicant proved its own mailbox, not the alias it asked to subscribe: the
+        # member exists, suspended (nothing embargoed goes there) until the alias confirms.
+        assert member is not None and member.state == "suspended" and member.list_name == "oci"
+        assert member.state_reason.startswith(member_rotation.ADDRESS_REASON)
         assert member.fingerprint == world.applicant_fpr and member.request_id == request_id
     assert world.request().state == "approved"
     world.deliver()
-    [welcome] = world.mails_to(ALIAS)
+    texts = {t.split("\n", 1)[0]: t for t in world.texts_to(ALIAS, world.applicant)}
+    [confirm] = [t for t in texts.values() if "Token:" in t]
+    token = re.search(r"^Token: ([0-9a-f]{32})\s*$", confirm, re.M).group(1)
+    # A token from any other address confirms nothing; from the alias it does.
+    world.ingest(reply(f"Re: {ALIAS}", f"Token: {token}\n"))
+    assert world.member(ALIAS).state == "suspended"
+    world.ingest(reply("Re: confirm this address", f"Token: {token}\n", sender=ALIAS))
+    assert world.member(ALIAS).state == "active"
+    [welcome] = [r for r in world.mails_to(ALIAS) if "Welcome to" in world.text_of(
+        r, world.applicant)]
     assert welcome.message.get_content_type() == "multipart/encrypted"
     text = world.text_of(welcome, world.applicant)
     for duty in ("Embargo", "X-LEAK", "X-CASE", "Contributing back", "X-LEAVE"):
@@ -318,8 +336,8 @@ def test_kubernetes_example_approved_by_a_signed_team_mail(world: World):
     with world.factory() as session:
         member = session.scalar(select(Member).where(Member.list_name == "k8s",
                                                      Member.request_id == req.id))
-        assert member.fingerprint == world.applicant_fpr and member.state == "active"
-        assert member.email == "kubernetes-security-team@example.com"
+        assert member.fingerprint == world.applicant_fpr and member.state == "suspended"
+        assert member.email == "kubernetes-security-team@example.com"  # until it confirms
 
 
 def test_approving_too_early_is_refused_and_force_records_what_lacked(world: World):

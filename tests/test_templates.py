@@ -75,6 +75,7 @@ ABOUT_MEMBER = {"member_bounce_suspended.txt.j2", "member_bounce_warning.txt.j2"
                 "team_member_sweep_failed.txt.j2",
                 "member_added.txt.j2", "member_removed.txt.j2", "member_suspended.txt.j2",
                 "member_resumed.txt.j2", "team_member_changed.txt.j2",
+                "member_confirm_address.txt.j2",
                 "member_left.txt.j2", "member_command_refused.txt.j2",
                 "member_key_token.txt.j2", "member_key_rotated.txt.j2",
                 "member_key_unverified.txt.j2"}

@@ -188,11 +188,57 @@ def on_token(session: Session, now: dt.datetime, settings: Settings, keyring: Ke
             member_states.record(session, member, actor=sender, action="token_refused",
                                  now=now, detail="unknown or used token: nothing changed")
         return
-    fingerprint = matched[0].pending_fingerprint
+    unconfirmed = [m for m in matched if m.state == member_states.SUSPENDED
+                   and (m.state_reason or "").startswith(ADDRESS_REASON)]
+    for member in unconfirmed:
+        _confirmed(session, now, member)
+    rotating = [m for m in matched if m not in unconfirmed]
+    if not rotating:
+        return
+    fingerprint = rotating[0].pending_fingerprint
     assert fingerprint is not None
     info = keyring.key(fingerprint) if keyring is not None else None
-    for member in matched:
+    for member in rotating:
         _pin(session, now, settings, member, fingerprint, info.expires if info else None)
+
+
+# The start of the suspension reason of a member whose address was named by an applicant
+# and has not confirmed yet (``ask_address_confirmation``).
+ADDRESS_REASON = "the address has not confirmed that it receives the list's mail"
+
+
+def ask_address_confirmation(session: Session, now: dt.datetime, settings: Settings,
+                             member: Member, *, applicant: str, request_id: str) -> None:
+    """A member created at an address the applicant named (a team alias) but never proved:
+    it stays suspended (nothing embargoed goes there) until the token mailed to the address,
+    encrypted to the member's key when it has one, comes back from it."""
+    member_states.change_state(
+        session, member, "suspend", actor=member_notices.SYSTEM, now=now,
+        reason=f"{ADDRESS_REASON} (named by {applicant} in {request_id}); a token was "
+               "mailed to it")
+    token, hashed = tokens.new_token()
+    member.pending_fingerprint, member.pending_token_sha256 = member.fingerprint, hashed
+    body = render("member_confirm_address.txt.j2", settings.templates.dir, email=member.email,
+                  applicant=applicant, request_id=request_id, list_name=member.list_name,
+                  token=token, project=settings.project.name,
+                  security_address=settings.project.security_address)
+    row = enqueue(session, now, settings, kind=MEMBER_TOKEN_KIND, to=member.email,
+                  to_name=member.name, subject=f"{member.list_name}: confirm this address",
+                  body=body, auto_submitted="auto-generated", encrypt_to=member.fingerprint,
+                  confidential=False)
+    session.flush()
+    row.member_id = member.id  # threads the answer to the member (classify.member_by_thread)
+
+
+def _confirmed(session: Session, now: dt.datetime, member: Member) -> None:
+    """The address a member was created at confirmed it receives the list's mail."""
+    member.pending_fingerprint = member.pending_token_sha256 = None
+    member_states.record(session, member, actor=member.email, action="address_confirmed",
+                         now=now, detail="the token mailed to the address came back from it")
+    if member.state == member_states.SUSPENDED and \
+            (member.state_reason or "").startswith(ADDRESS_REASON):
+        member_states.change_state(session, member, "resume", actor=member.email, now=now,
+                                   reason="the address confirmed it receives the list's mail")
 
 
 def _pin(session: Session, now: dt.datetime, settings: Settings, member: Member,

@@ -651,6 +651,11 @@ def approve(session: Session, now: dt.datetime, settings: Settings, request_id: 
     if member.email != req.applicant:
         _mail_applicant(session, now, settings, req, kind="request_welcome", subject=subject,
                         body=body, auto=False)
+        # The applicant proved its own mailbox, not this one: the address confirms first.
+        from seclistd.workflows import member_rotation
+
+        member_rotation.ask_address_confirmation(session, now, settings, member,
+                                                 applicant=req.applicant, request_id=req.id)
     return event
 
 
