@@ -185,7 +185,8 @@ def downgrade(url: str, revision: str) -> None:
 
 # The migrations in order; the last is the schema this code needs. tests/test_migrations.py
 # checks this against Alembic's own history, so it cannot drift.
-REVISIONS = ("0001", "0002", "0003", "0004b", "0004c", "0004e", "0004f", "0005")
+REVISIONS = ("0001", "0002", "0003", "0004b", "0004c", "0004e", "0004f", "0005",
+             "0006")
 
 
 def schema_revision(engine: Engine) -> str | None:

@@ -157,6 +157,12 @@ class Case(Base):
     # sweeps failed in a row; the retry time, with backoff, is next_sla_at.
     sweep_error: Mapped[str | None] = mapped_column(Text)
     sweep_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # The fixing release (`cases released`, X-RELEASED) and a workaround for the advisory;
+    # when the advisory went public (the disclosure).
+    fixed_version: Mapped[str | None] = mapped_column(String(255))
+    released_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    workaround: Mapped[str | None] = mapped_column(Text)
+    disclosed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     messages: Mapped[list[Message]] = relationship(back_populates="case",
                                                    order_by="Message.id")
@@ -316,4 +322,5 @@ class DaemonState(Base):
 
 # The distributors list's tables live in their own module; importing it here registers them
 # on Base.metadata for the migrations and for every session.
+from seclistd import embargo_models as _embargo_models  # noqa: E402,F401
 from seclistd import list_models as _list_models  # noqa: E402,F401
