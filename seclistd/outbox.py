@@ -48,7 +48,8 @@ def enqueue(session: Session, now: dt.datetime, settings: Settings, *, kind: str
             in_reply_to: str | None = None, references: list[str] | None = None,
             auto: bool = False, auto_submitted: str | None = "auto-generated",
             confidential: bool = True, member: Member | None = None,
-            request_id: str | None = None, encrypt_to: str | None = None) -> Outbox:
+            request_id: str | None = None, encrypt_to: str | None = None,
+            message_id: str | None = None) -> Outbox:
     """One mail to one recipient. ``auto`` marks an automatic answer to a sender (counted by
     the per-sender limit); ``auto_submitted`` is the RFC 3834 header (None for mail a person
     wrote). ``confidential=False`` for a mail that carries nothing of the case (a
@@ -65,7 +66,7 @@ def enqueue(session: Session, now: dt.datetime, settings: Settings, *, kind: str
     """
     project = settings.project
     to = canonical_mailbox(compose.clean(to, 320))
-    message_id = compose.new_message_id(project.domain)
+    message_id = message_id or compose.new_message_id(project.domain)
     raw = compose.build(
         from_addr=compose.address(project.security_address, f"{project.name} security team"),
         to_addr=compose.address(to, to_name), subject=subject, body=body,
