@@ -47,6 +47,12 @@ class ProjectSettings:
     # How a reporter who never said how to be credited is credited at disclosure:
     # "name" (the name in their mail) or "anonymous".
     default_credit: str = "name"
+    # What advisories (`cases export`) name: the package (default: ``name``), its OSV
+    # ecosystem ("Go", "PyPI", ...; empty: the OSV record names no package) and the
+    # project's web address (CSAF publisher namespace; default https://<security domain>).
+    package: str = ""
+    ecosystem: str = ""
+    url: str = ""
 
     @property
     def tz(self) -> ZoneInfo:
@@ -338,6 +344,12 @@ def _iso_date(v: Any) -> str | None:
     return None
 
 
+def _web_url(v: Any) -> str | None:
+    if v == "" or (isinstance(v, str) and re.fullmatch(r"https?://[^\s/?#]+[^\s]*", v)):
+        return None
+    return f"{v!r} is not a web address, expected e.g. https://example.org"
+
+
 def _fingerprint(v: Any) -> str | None:
     if v == "" or (isinstance(v, str) and _FPR.match(v.replace(" ", "").upper())):
         return None
@@ -355,6 +367,9 @@ SCHEMA: dict[str, dict[str, tuple[Any, Check | None]]] = {
         "timezone": ("UTC", _timezone),
         "case_prefix": ("SEC", _prefix),
         "default_credit": ("name", _one_of("name", "anonymous")),
+        "package": ("", _is_str),
+        "ecosystem": ("", _is_str),
+        "url": ("", _web_url),
     },
     "database": {"url": ("sqlite:////var/lib/seclistd/seclistd.db", _db_url)},
     "imap": {

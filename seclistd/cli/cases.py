@@ -4,6 +4,7 @@ every lifecycle action on one."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,43 @@ def cmd_cases_attachments(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cases_export(args: argparse.Namespace) -> int:
+    """The case as an OSV record or a CSAF 2.0 document (JSON) on standard output, or in
+    ``--output FILE`` (written whole, mode 0600: an embargoed case's advisory is private)."""
+    import json
+
+    from seclistd import advisory_export
+
+    check_choice(args.format, advisory_export.FORMATS, "format")
+    settings = load_settings(args)
+    try:
+        doc = read(settings, advisory_export.export, now(), settings, args.id, args.format)
+    except advisory_export.NotExportable as exc:
+        raise CliError(str(exc)) from exc
+    if doc is None:
+        raise CliError(f"no case {args.id}, expected an ID from `seclistd cases list` "
+                       f"(e.g. {settings.project.case_prefix}-{now().year}-0001)")
+    # CSAF asks for sorted keys (its recommended test 6.2.13); OSV reads best in its order.
+    text = json.dumps(doc, indent=2, ensure_ascii=False,
+                      sort_keys=args.format == "csaf") + "\n"
+    if args.output:
+        path = Path(args.output)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+        except OSError as exc:
+            raise CliError(f"{path}: cannot write it ({exc.strerror}), expected a writable "
+                           "file path for --output") from exc
+        print(f"wrote {path} ({args.format}, {args.id})", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if args.format == "osv" and not settings.project.ecosystem:
+        print("note: project.ecosystem is not set, so the OSV record names no package; set it "
+              "(e.g. \"Go\", \"PyPI\") so scanners can match the record", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_case_action(args: argparse.Namespace) -> int:
     from seclistd.workflows import lifecycle
 
@@ -214,6 +252,13 @@ def register(sub: Any, add: Add, parents: list[Parser]) -> None:
     p.add_argument("id")
     p.add_argument("--output", "-o", required=True, metavar="DIR",
                    help="directory to write to (created if missing)")
+    p = add("export", cmd_cases_export, "the case as an advisory: an OSV record or a CSAF "
+            "2.0 document (JSON)", cases_sub)
+    p.add_argument("id")
+    p.add_argument("--format", required=True, metavar="{osv,csaf}",
+                   help="osv (an OSV record) or csaf (a CSAF 2.0 document)")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="write to FILE (mode 0600) instead of standard output")
     actions = {
         "ack": "acknowledge: mail the reporter a human answer",
         "assign": "make someone the handler (a team member or another maintainer)",
