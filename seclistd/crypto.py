@@ -451,6 +451,28 @@ class Keyring:
             os.unlink(name)
         return parse_status(result.stderr or "")
 
+    def sign_detached(self, data: bytes) -> bytes:
+        """An ASCII-armored detached signature (SHA-256) of ``data`` by the project key, for
+        mail that goes out signed but in plaintext (a public advisory, RFC 3156 §5)."""
+        signer = self.project_key()
+        if not signer:
+            raise CryptoError("there is no project key to sign with: `seclistd keys generate` "
+                              "or gnupg.key")
+        # Not python-gnupg's ``keyid``: it becomes --default-key, which gpg ignores when it
+        # has no such secret key and then signs with any other one it has. --local-user
+        # fails instead; and the key gpg reports it signed with is checked as well.
+        result = self.project.sign(data, detach=True, binary=False,
+                                   passphrase=self._passphrase(),
+                                   extra_args=["--local-user", signer, "--digest-algo", "SHA256"])
+        signature = bytes(result.data or b"")
+        info = self.key(signer)
+        used = str(getattr(result, "fingerprint", "") or "").upper()
+        if (not signature.startswith(b"-----BEGIN PGP SIGNATURE-----") or info is None
+                or not any(used.endswith(k.upper()) for k in info.subkey_ids)):
+            raise CryptoError(f"gpg could not sign with the project key {signer} "
+                              f"({result.status or 'failed'})")
+        return signature
+
     def encrypt(self, data: bytes, fingerprint: str, sign: str | None = None) -> bytes:
         """ASCII-armored ciphertext for ``fingerprint`` alone, signed by ``sign``, else by the
         project key when there is one."""

@@ -23,7 +23,7 @@ from seclistd.config import Settings
 from seclistd.db import transaction
 from seclistd.errors import describe, trace
 from seclistd.relay import release_dead_leases
-from seclistd.workflows import bounces, member_keys, notices, reminders, requests
+from seclistd.workflows import bounces, disclosure, member_keys, notices, reminders, requests
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ def sweep_leases(session: Session, now: dt.datetime, settings: Settings) -> int:
 SWEEPS: dict[str, tuple[Sweep, int]] = {
     "leases": (sweep_leases, 60),
     "sla": (reminders.sweep, 60),
+    # Embargoes that ended: disclose (every 20 s, so an advisory is out within the minute).
+    "disclosure": (disclosure.sweep, 20),
     "digests": (notices.sweep, 60),
     "bounces": (bounces.sweep, 600),
     "member_keys": (member_keys.sweep, 86400),

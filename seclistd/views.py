@@ -57,7 +57,9 @@ def show_case(session: Session, tz: ZoneInfo, case_id: str) -> dict[str, Any] | 
     doc.update({"affected_versions": case.affected_versions, "severity": case.severity,
                 "cvss_score": case.cvss_score, "duplicate_of": case.duplicate_of,
                 "credit": case.credit, "credit_github": case.credit_github,
-                "waiting_on": case.waiting_on})
+                "waiting_on": case.waiting_on, "fixed_version": case.fixed_version,
+                "released_at": iso(case.released_at, tz),
+                "disclosed_at": iso(case.disclosed_at, tz)})
     # In time order; messages stored in the same instant in the order they were stored.
     entries: list[tuple[dt.datetime, int, int, dict[str, Any]]] = []
     for m in session.scalars(select(Message).where(Message.case_id == case.id)):

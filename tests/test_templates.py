@@ -49,7 +49,15 @@ CONTEXT = {"case": CASE, "case_id": "SEC-2026-0042", "project": "Example",
            "score": "3", "warning": 1, "warnings": 2, "sweep": "key",
            "remove_at": "Saturday 12 December 2026, 10:00 EST",
            "fingerprint": "0123456789ABCDEF0123456789ABCDEF01234567",
-           "list_address": "distributors@example.org"}
+           "list_address": "distributors@example.org",
+           # The advisory and the "now public" notices (workflows.disclosure).
+           "title": "Heap overflow in parser", "published": "Tuesday 1 December 2026, 10:00 EST",
+           "severity": "9.8 (CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H)",
+           "affected": "<= 1.4.2", "fixed": "1.4.3",
+           "released": "Monday 30 November 2026, 12:00 EST", "workaround": "Disable the parser.",
+           "details": "A crafted file overflows a heap buffer.",
+           "advisory": "Example security advisory SEC-2026-0042", "team": True,
+           "addresses": ["oss-security@lists.example.net"]}
 # Mail about a quarantined message concerns no case (yet): it names the message instead.
 ABOUT_QUARANTINE = {"team_quarantined.txt.j2", "team_quarantine_digest.txt.j2"}
 # Mail about a join request names the request.
@@ -111,7 +119,7 @@ AUTOMATIC = {"receipt": "auto-replied", "team_new_case": "auto-generated",
              "reminder": "auto-generated", "deadline_missed": "auto-generated",
              "fallback_ack": "auto-generated", "assigned": "auto-generated",
              "reporter_forward": "auto-generated", "update_reminder": "auto-generated",
-             "confirm_change": "auto-generated"}
+             "confirm_change": "auto-generated", "now_public": "auto-generated"}
 BY_A_PERSON = {"ack", "reply", "reject", "disclose"}
 
 

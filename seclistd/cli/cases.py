@@ -44,7 +44,8 @@ def cmd_cases_list(args: argparse.Namespace) -> int:
 
 def _case_text(doc: dict[str, Any]) -> str:
     head = {k: doc[k] for k in ("id", "state", "resolution", "subject", "reporter", "handler",
-                                "received_at", "ack_due", "acknowledged_at", "embargo_until")}
+                                "received_at", "ack_due", "acknowledged_at", "embargo_until",
+                                "fixed_version", "released_at", "disclosed_at")}
     head["missing_information"] = ", ".join(doc["missing_information"]) or "-"
     parts = [kv(head), "", "events:"]
     parts += [f"  {e['at']}  {e['actor']}  {e['action']}  "
@@ -216,12 +217,14 @@ def cmd_case_action(args: argparse.Namespace) -> int:
         action=args.action, text=text, email=getattr(args, "email", None),
         other=getattr(args, "other", None), versions=getattr(args, "versions", None),
         cvss=getattr(args, "cvss", None), until=getattr(args, "until", None),
-        credit=getattr(args, "credit", None))
+        credit=getattr(args, "credit", None), version=getattr(args, "release_version", None))
     try:
         with db.transaction(factory) as session:
             event = lifecycle.act(session, now(), settings, args.id, req, operator())
+            # to_state: where the case is now (a release may have disclosed it as well).
             doc = {"id": args.id, "action": event.action, "from_state": event.from_state,
-                   "to_state": event.to_state, "detail": event.detail}
+                   "to_state": lifecycle.load(session, args.id).state,
+                   "detail": event.detail}
     except lifecycle.ActionError as exc:
         raise CliError(str(exc)) from exc
     emit(args, doc, lambda d: f"{d['id']}: {d['action']}: {d['from_state']} -> "
@@ -268,7 +271,10 @@ def register(sub: Any, add: Add, parents: list[Parser]) -> None:
         "reply": "mail the reporter",
         "comment": "add an internal comment (never sent to the reporter)",
         "embargo": "set or move the embargo end",
-        "disclose": "mark public, tell and credit the reporter",
+        "disclose": "make public: the signed advisory, the reporter told and credited, "
+                    "the list and the team told",
+        "released": "record the fixing release; discloses at once, or at the embargo end "
+                    "if that is later",
         "close": "close (fixed after disclosure, else withdrawn)",
     }
     for name, helptext in actions.items():
@@ -286,6 +292,9 @@ def register(sub: Any, add: Add, parents: list[Parser]) -> None:
                            help="ISO 8601 with offset, e.g. 2026-12-01T15:00:00+00:00")
         if name == "disclose":
             p.add_argument("--credit", help="credit line, instead of the reporter's wish")
+        if name == "released":
+            p.add_argument("--version", dest="release_version", required=True, metavar="V",
+                           help="the fixed version, e.g. 1.2.3")
         if name in NEEDS_TEXT:
             p.add_argument("--message", "-m", help="the text, required (default: standard "
                                                    "input; empty text is refused)")

@@ -1,4 +1,5 @@
-"""PGP/MIME (RFC 3156) structure: find what is signed or encrypted, and build encrypted mail.
+"""PGP/MIME (RFC 3156) structure: find what is signed or encrypted, build encrypted mail
+and signed plaintext mail.
 
 ``signed_parts`` takes the signed entity from the raw bytes as received, never from a
 re-serialised part (re-serialising refolds headers and breaks valid signatures): everything
@@ -8,7 +9,7 @@ counts as signed: a signed part somewhere inside proves nothing about the rest.
 
 ``encrypt_message`` turns one of our outgoing messages into multipart/encrypted. The body
 and the real Subject travel inside (protected headers); outside, the Subject shows only the
-case tag.
+case tag. ``sign_message`` turns one into multipart/signed, plaintext (a public advisory).
 """
 
 from __future__ import annotations
@@ -174,3 +175,35 @@ def _decoded_subject(value: str) -> str:
         return str(make_header(decode_header(value)))
     except (ValueError, LookupError):
         return value
+
+
+def sign_message(raw: bytes, sign: Callable[[bytes], bytes], boundary: str) -> bytes:
+    """Our outgoing message as PGP/MIME multipart/signed (RFC 3156 §5), still plaintext.
+
+    The signed entity is the message's content headers and body, with CRLF line ends,
+    exactly as they go out; ``sign`` returns the armored detached signature of those bytes.
+    ``compose.build`` writes bodies 7bit or quoted-printable, so no hop needs to re-encode
+    (and so break) the signed part.
+    """
+    headers, body = split_message(raw)
+    content = [f"{n}: {v}" for n, v in headers if n.lower() in CONTENT_HEADERS
+               and n.lower() != "mime-version"]
+    signed = ("\r\n".join(content) + "\r\n\r\n").encode("utf-8") + crlf(body)
+    if not signed.endswith(b"\r\n"):
+        signed += b"\r\n"
+    # The CRLF before the next boundary belongs to the boundary, not to the signed data.
+    signed = signed[:-2]
+    signature = crlf(sign(signed)).rstrip(b"\r\n")
+    outer = [f"{n}: {v}" for n, v in headers if n.lower() not in CONTENT_HEADERS]
+    outer += ["MIME-Version: 1.0",
+              'Content-Type: multipart/signed; micalg=pgp-sha256;\r\n'
+              f' protocol="application/pgp-signature"; boundary="{boundary}"']
+    return (("\r\n".join(outer) + "\r\n\r\n"
+             "This is an OpenPGP/MIME signed message (RFC 3156).\r\n"
+             f"--{boundary}\r\n").encode("utf-8") + signed
+            + (f"\r\n--{boundary}\r\n"
+               'Content-Type: application/pgp-signature; name="signature.asc"\r\n'
+               "Content-Description: OpenPGP digital signature\r\n"
+               'Content-Disposition: attachment; filename="signature.asc"\r\n\r\n').encode(
+                "ascii")
+            + signature + f"\r\n--{boundary}--\r\n".encode("ascii"))

@@ -39,12 +39,13 @@ from seclistd.workflows import lifecycle, states
 
 TEAM_KEYWORDS = {"X-ACK": "ack", "X-ASSIGN": "assign", "X-CONFIRM": "confirm",
                  "X-REJECT": "reject", "X-DUPLICATE": "duplicate", "X-REPLY": "reply",
-                 "X-EMBARGO": "embargo", "X-DISCLOSE": "disclose", "X-CLOSE": "close"}
+                 "X-EMBARGO": "embargo", "X-DISCLOSE": "disclose", "X-RELEASED": "released",
+                 "X-CLOSE": "close"}
 # Matched whole against one stripped line; the argument is stripped in Python (a lazy
 # ``(.*?)[ \t]*$`` retries the blank run after every character of the argument).
 _KEYWORD = re.compile(r"(X-[A-Z]+)[ \t]*(?::(.*))?")
 _ANY_KEYWORD = re.compile(r"^X-(?:CASE|ACK|ASSIGN|CONFIRM|REJECT|DUPLICATE|REPLY|EMBARGO|"
-                          r"DISCLOSE|CLOSE|VOUCH|LEAK|LEAVE|REQUEST|APPROVE|DENY)\b", re.M)
+                          r"DISCLOSE|RELEASED|CLOSE|VOUCH|LEAK|LEAVE|REQUEST|APPROVE|DENY)\b", re.M)
 SIGNATURE_MAX_AGE = dt.timedelta(days=30)
 SIGNATURE_MAX_SKEW = dt.timedelta(hours=1)
 
@@ -233,6 +234,8 @@ def request(name: str, arg: str, text: str) -> lifecycle.Request:
             raise lifecycle.ActionError(f"X-EMBARGO needs an ISO 8601 time with offset, got "
                                         f"{arg[:40]!r}") from exc
         kwargs["until"] = until
+    elif action == "released":
+        kwargs["version"] = arg
     return lifecycle.Request(action=action, text=text, **kwargs)  # type: ignore[arg-type]
 
 

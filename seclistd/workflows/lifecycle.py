@@ -27,7 +27,7 @@ from seclistd.mail import compose
 from seclistd.mail.render import render
 from seclistd.models import Case, Event, Message
 from seclistd.outbox import enqueue
-from seclistd.workflows import sla, states
+from seclistd.workflows import disclosure, sla, states
 
 # What a content-free notice to a member without a key says happened, by the mail's kind.
 NEWS = {"team_new_case": "a new report was opened",
@@ -61,6 +61,7 @@ class Request:
     cvss: str | None = None  # confirm
     until: dt.datetime | None = None  # embargo
     credit: str | None = None  # disclose: overrides what the reporter asked for
+    version: str | None = None  # released: the fixed version
 
 
 def parse_cvss(vector: str) -> tuple[str, float]:
@@ -116,6 +117,9 @@ def act(session: Session, now: dt.datetime, settings: Settings, case_id: str, re
     if case.state == states.ACKNOWLEDGED and case.acknowledged_at is None:
         case.acknowledged_at = now
     sla.schedule(case, settings)
+    if req.action == "released" and disclosure.release_due(case, now):
+        # ORAS: the fixing release makes the case public at once when no embargo holds it.
+        act(session, now, settings, case.id, Request(action="disclose"), actor)
     return event
 
 
@@ -147,11 +151,27 @@ def _apply(session: Session, now: dt.datetime, settings: Settings, case: Case, r
     if req.action == "embargo":
         return _embargo(case, req, now, settings)
     if req.action == "disclose":
-        if req.credit is not None:
-            case.credit = compose.clean(req.credit, 200)
-        line, how = credit_for(case, settings, by_team=req.credit is not None)
-        return f"credited as {line or '(no credit)'} ({CREDIT_HOW[how]})"
+        return _disclose(session, now, settings, case, req)
+    if req.action == "released":
+        try:
+            return disclosure.record_release(case, req.version, now, settings)
+        except disclosure.DisclosureError as exc:
+            raise ActionError(str(exc)) from exc
     return ""
+
+
+def _disclose(session: Session, now: dt.datetime, settings: Settings, case: Case,
+              req: Request) -> str:
+    """The credit, then the advisory and the "now public" notices (``disclosure.publish``);
+    the reporter's mail follows in ``act``."""
+    if req.credit is not None:
+        case.credit = compose.clean(req.credit, 200)
+    line, how = credit_for(case, settings, by_team=req.credit is not None)
+    try:
+        published = disclosure.publish(session, now, settings, case, credit=line)
+    except disclosure.DisclosureError as exc:
+        raise ActionError(str(exc)) from exc
+    return f"credited as {line or '(no credit)'} ({CREDIT_HOW[how]}); {published}"
 
 
 def _assign(session: Session, now: dt.datetime, settings: Settings, case: Case, req: Request,

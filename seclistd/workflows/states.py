@@ -25,7 +25,7 @@ STATES = (NEW, ACKNOWLEDGED, CONFIRMED, EMBARGOED, DISCLOSED, CLOSED)
 OPEN_STATES = (NEW, ACKNOWLEDGED, CONFIRMED, EMBARGOED)
 
 ACTIONS = ("ack", "assign", "confirm", "reject", "duplicate", "reply", "comment", "embargo",
-           "disclose", "close")
+           "disclose", "released", "close")
 # The actions whose text is mailed to the reporter (DESIGN.md §4: X-ACK, X-REPLY, X-REJECT,
 # X-DISCLOSE); every other action's text is an internal comment.
 TO_REPORTER = frozenset({"ack", "reply", "reject", "disclose"})
@@ -51,6 +51,10 @@ def _table() -> dict[tuple[str, str], Rule]:
         (CONFIRMED, "reject"): Rule(CLOSED, "rejected"),
         (EMBARGOED, "embargo"): Rule(EMBARGOED),  # reschedule
         (EMBARGOED, "disclose"): Rule(DISCLOSED),
+        # The fixing release is recorded where the case is; the disclosure it causes (at
+        # once, or at the embargo's end: workflows.disclosure) is a `disclose` of its own.
+        (CONFIRMED, "released"): Rule(None),
+        (EMBARGOED, "released"): Rule(None),
         (DISCLOSED, "close"): Rule(CLOSED, "fixed"),
     }
     for state in OPEN_STATES + (DISCLOSED,):
