@@ -214,8 +214,13 @@ def _embargo_report(session: Any, settings: Any, case_id: str, doc: dict[str, An
     doc["until_shown"] = announce.shown(settings, announcement.until)
     doc["revision"] = announcement.revision
     doc["queued"], doc["held"] = counts.queued, counts.held
-    doc["warnings"] = [line[len("warning: "):] for line in doc["detail"].splitlines()
-                       if line.startswith("warning: ")]
+    # The detail's first line is the outcome, the warnings follow it, then the team's text.
+    warnings = []
+    for line in doc["detail"].splitlines()[1:]:
+        if not line.startswith("warning: "):
+            break
+        warnings.append(line[len("warning: "):])
+    doc["warnings"] = warnings
 
 
 def cmd_case_action(args: argparse.Namespace) -> int:
