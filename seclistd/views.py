@@ -76,7 +76,10 @@ def show_case(session: Session, tz: ZoneInfo, case_id: str) -> dict[str, Any] | 
     doc["events"] = [{"at": iso(e.at, tz), "actor": e.actor, "action": e.action,
                       "from_state": e.from_state, "to_state": e.to_state, "detail": e.detail}
                      for e in case.events]
-    doc["announcement"] = {"until": iso(case.embargo_until, tz), "recipients": []}
+    from seclistd.workflows import announce
+
+    doc["announcement"] = announce.view(session, case, tz) or {
+        "until": iso(case.embargo_until, tz), "recipients": []}
     return doc
 
 
