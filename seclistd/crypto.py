@@ -8,7 +8,8 @@ The library's obvious usage is wrong in several ways (NOTES.md), so:
   reports such a run as "decryption ok" with the output cut short, so the cut is detected
   from gpg's own message and the output length.
 - ``encrypt`` takes a fingerprint, never an address (an address matches any key whose user
-  ID contains it), and checks the ciphertext's recipients before returning it.
+  ID contains it), and checks the ciphertext's recipients before returning it (read from
+  its session-key packets: one gpg process per message, ``keys`` looks a batch up at once).
 - Keyring writes (generate, import) are serialised: a thread lock and a file lock on the
   home, since concurrent imports on one home lose keys. ``--no-random-seed-file`` keeps
   parallel gpg processes from sleeping on the seed file's lock.
@@ -57,6 +58,7 @@ from typing import Any
 import gnupg
 
 from seclistd.config import GnupgSettings
+from seclistd.packets import recipient_key_ids
 
 GPG_OPTIONS = ["--no-random-seed-file", "--no-auto-key-retrieve", "--no-auto-key-locate"]
 OFFERED_DIR = "offered"  # the offered-keys home, inside gnupg.home
@@ -338,6 +340,16 @@ class Keyring:
         listed = self.gpg.list_keys(keys=[fingerprint])
         return next((_info(k, False) for k in listed if k["fingerprint"] == fingerprint), None)
 
+    def keys(self, fingerprints: list[str] | tuple[str, ...]) -> dict[str, KeyInfo]:
+        """The public keys with these fingerprints that either keyring holds, by fingerprint,
+        in one gpg call (a fingerprint gpg does not know is simply absent)."""
+        wanted = sorted({f.upper() for f in fingerprints if f})
+        if not wanted:
+            return {}
+        listed = self.gpg.list_keys(keys=wanted)
+        return {str(k["fingerprint"]).upper(): _info(k, False) for k in listed
+                if str(k.get("fingerprint", "")).upper() in wanted}
+
     def validity(self, fingerprint: str) -> KeyValidity | None:
         """Expiry and revocation of the public key with this fingerprint (both keyrings; one
         gpg call), None when neither keyring holds it."""
@@ -473,25 +485,35 @@ class Keyring:
                               f"({result.status or 'failed'})")
         return signature
 
-    def encrypt(self, data: bytes, fingerprint: str, sign: str | None = None) -> bytes:
+    def encrypt(self, data: bytes, fingerprint: str, sign: str | None = None,
+                known: dict[str, KeyInfo] | None = None) -> bytes:
         """ASCII-armored ciphertext for ``fingerprint`` alone, signed by ``sign``, else by the
-        project key when there is one."""
+        project key when there is one.
+
+        ``known``: keys looked up beforehand for a batch (``keys``), which spares a gpg call
+        per message; a fingerprint missing from it is a key the keyring does not hold. One
+        gpg process per message then: the ciphertext's recipients are read from its own
+        session-key packets (``packets.recipient_key_ids``), not by running gpg again."""
         fingerprint = fingerprint.upper()
         sign = sign or self.project_key()
-        info = self.key(fingerprint)
+        info = known.get(fingerprint) if known is not None else self.key(fingerprint)
         if info is None:
             raise CryptoError(f"no key {fingerprint} in the keyring; import it with "
                               "`seclistd keys import FILE`")
         if info.revoked or info.expired:
             raise CryptoError(f"key {fingerprint} is {'revoked' if info.revoked else 'expired'}")
+        # --local-user: python-gnupg's ``sign`` is --default-key, which gpg ignores when it
+        # has no such secret key and then signs with any other one it has.
         result = self.gpg.encrypt(data, [fingerprint], always_trust=True, armor=True,
-                                  sign=sign, passphrase=self._passphrase() if sign else None)
+                                  sign=sign, passphrase=self._passphrase() if sign else None,
+                                  extra_args=["--local-user", sign] if sign else None)
         if not result.ok:
             raise CryptoError(f"gpg could not encrypt to {fingerprint}: {result.status}")
         ciphertext = bytes(result.data)
-        recipients = {r.upper() for r in self.gpg.get_recipients(ciphertext)}
+        found = recipient_key_ids(ciphertext)
+        recipients = set(found or ())
         allowed = {k.upper() for k in info.subkey_ids}
-        if not recipients or not recipients <= allowed:
+        if not found or not recipients <= allowed:
             raise CryptoError(f"ciphertext for {fingerprint} names other recipients "
                               f"({', '.join(sorted(recipients - allowed)) or 'none'}); not sent")
         return ciphertext

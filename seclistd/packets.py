@@ -113,6 +113,52 @@ def session_keys(data: bytes, limit: int) -> int:
     return count
 
 
+def recipient_key_ids(data: bytes, limit: int = 16) -> list[str] | None:
+    """The key IDs (16 upper-case hex digits) that the session-key packets leading the
+    encrypted message ``data`` (armored or binary) are addressed to, in order; None when
+    the message cannot be framed, when more than ``limit`` lead it, or when one is not a
+    version 3 public-key packet naming its key (a passphrase, a hidden recipient, a format
+    this walk does not know): the caller then cannot tell whom it is for.
+
+    Reads our own ciphertext to check its recipients without another gpg process."""
+    if data.lstrip()[:len(_BEGIN)] == _BEGIN:
+        try:
+            data = _armor_body(data)
+        except NotAPublicKey:
+            return None
+    found: list[str] = []
+    pos = 0
+    try:
+        while pos < len(data):
+            first = data[pos]
+            if not first & 0x80:
+                return None
+            new_format = bool(first & 0x40)
+            tag = first & 0x3F if new_format else (first >> 2) & 0x0F
+            if tag == SKESK:
+                return None  # a passphrase could open it too
+            if tag != PKESK:
+                break  # the encrypted data itself (or anything else) ends the list
+            if new_format:
+                length, head = _new_length(data, pos + 1)
+            else:
+                length_type = first & 0x03
+                if length_type == 3:
+                    return None
+                octets = (1, 2, 4)[length_type]
+                length = int.from_bytes(data[pos + 1:pos + 1 + octets], "big")
+                head = 1 + octets
+            body = data[pos + head:pos + head + length]
+            key_id = body[1:9]
+            if len(body) < 10 or body[0] != 3 or key_id == bytes(8) or len(found) >= limit:
+                return None
+            found.append(key_id.hex().upper())
+            pos += head + length
+    except NotAPublicKey:  # a session-key packet with a partial length, or truncated
+        return None
+    return found or None
+
+
 def _new_length(data: bytes, at: int) -> tuple[int, int]:
     """(body length, header length) of a new-format packet whose length starts at ``at``."""
     if at >= len(data):
