@@ -23,7 +23,14 @@ from seclistd.config import Settings
 from seclistd.db import transaction
 from seclistd.errors import describe, trace
 from seclistd.relay import release_dead_leases
-from seclistd.workflows import bounces, member_keys, notices, reminders, requests
+from seclistd.workflows import (
+    bounces,
+    member_keys,
+    notice_reminders,
+    notices,
+    reminders,
+    requests,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,7 @@ SWEEPS: dict[str, tuple[Sweep, int]] = {
     "bounces": (bounces.sweep, 600),
     "member_keys": (member_keys.sweep, 86400),
     "requests": (requests.sweep, 300),  # join requests silent past their expiry
+    "notice_reminders": (notice_reminders.sweep, 300),  # unacknowledged embargoed notices
 }
 
 

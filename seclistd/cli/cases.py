@@ -49,6 +49,7 @@ def _case_text(doc: dict[str, Any]) -> str:
     parts += [f"  {e['at']}  {e['actor']}  {e['action']}  "
               f"{e['from_state'] or '-'} -> {e['to_state'] or '-'}  {e['detail']}"
               for e in doc["events"]]
+    parts += _announcement_text(doc.get("announcement") or {}, doc.get("leaks") or [])
     parts += ["", "messages:"]
     for m in doc["messages"]:
         number = f" #{m['id']}" if m.get("id") is not None else ""
@@ -56,6 +57,24 @@ def _case_text(doc: dict[str, Any]) -> str:
                   f"  Subject: {m['subject']}", ""]
         parts += [f"    {line}" for line in (m["text"] or "").splitlines()[:200]]
     return "\n".join(parts)
+
+
+def _announcement_text(doc: dict[str, Any], leaks: list[dict[str, Any]]) -> list[str]:
+    """Each recipient of the embargoed notice: delivery, acknowledgment, vendor status and
+    statement; then the leaks."""
+    if not doc.get("recipients") and not leaks:
+        return []
+    parts = ["", f"announcement (embargo until {doc.get('until') or '-'}):"]
+    for r in doc.get("recipients", []):
+        parts.append(f"  {r['email']}  {r['role']}  {r['status']}  "
+                     f"acknowledged {r['acknowledged_at'] or 'no'}  "
+                     f"vendor status {r['vendor_status'] or '-'}")
+        parts += [f"    {line}" for line in (r["statement"] or "").splitlines()[:20]]
+    for x in leaks:
+        parts.append(f"  LEAK {x['at']} reported by {x['reported_by']} "
+                     f"({'signed' if x['signed'] else 'unsigned'}); "
+                     f"copy of {x['member'] or 'unknown'}")
+    return parts
 
 
 def cmd_cases_show(args: argparse.Namespace) -> int:

@@ -30,14 +30,14 @@ SUSPENDED = "the list member is suspended; held until it is active again"
 
 def mail_member(session: Session, now: dt.datetime, settings: Settings, member: Member, *,
                 kind: str, subject: str, body: str, case_id: str | None = None,
-                in_reply_to: str | None = None) -> Outbox:
+                in_reply_to: str | None = None, message_id: str | None = None) -> Outbox:
     """Enqueue confidential mail to ``member``: encrypted to its pinned key, or held (and the
     member told, once while anything is held, that mail is waiting for a key)."""
     if member.state == "removed":
         raise ValueError(f"{member.email} is no longer a member of {member.list_name}")
     row = enqueue(session, now, settings, kind=kind, to=member.email, subject=subject,
                   body=body, to_name=member.name, in_reply_to=in_reply_to,
-                  auto_submitted="auto-generated", member=member)
+                  auto_submitted="auto-generated", member=member, message_id=message_id)
     row.case_id = case_id
     if member.state != "active":
         row.status, row.last_error = "held", SUSPENDED
