@@ -162,6 +162,8 @@ class ListSettings:
     criteria: str | tuple[CriterionSettings, ...] = "oci"
     require_encryption: bool = True
     max_embargo_days: int = 14
+    # Longer embargoes are accepted with a warning (to the operator and in the case's events).
+    preferred_embargo_days: int = 7
     public_addresses: tuple[str, ...] = ()
 
 
@@ -442,6 +444,7 @@ LIST_SCHEMA: dict[str, tuple[Any, Check | None]] = {
     "criteria": ("oci", None),
     "require_encryption": (True, _is_bool),
     "max_embargo_days": (14, _is_int(1)),
+    "preferred_embargo_days": (7, _is_int(1)),
     "public_addresses": ([], _str_list(_address)),
 }
 
@@ -623,6 +626,11 @@ def _lists(r: _Reader, raw: Any) -> tuple[ListSettings, ...]:
             crit = "oci"
         values["criteria"] = crit
         values["public_addresses"] = tuple(values["public_addresses"])
+        preferred, longest = values["preferred_embargo_days"], values["max_embargo_days"]
+        if isinstance(preferred, int) and isinstance(longest, int) and preferred > longest:
+            r.problem(f"lists[{i}].preferred_embargo_days",
+                      f"{values['preferred_embargo_days']} is more than max_embargo_days "
+                      f"({values['max_embargo_days']}), expected at most that")
         out.append(ListSettings(**values))
     return tuple(out)
 

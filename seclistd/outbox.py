@@ -8,6 +8,7 @@ caller is committing with its state change. The relay (``seclistd.relay``) sends
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -49,7 +50,8 @@ def enqueue(session: Session, now: dt.datetime, settings: Settings, *, kind: str
             auto: bool = False, auto_submitted: str | None = "auto-generated",
             confidential: bool = True, member: Member | None = None,
             request_id: str | None = None, encrypt_to: str | None = None,
-            message_id: str | None = None) -> Outbox:
+            message_id: str | None = None,
+            attachments: Sequence[compose.Attachment] = ()) -> Outbox:
     """One mail to one recipient. ``auto`` marks an automatic answer to a sender (counted by
     the per-sender limit); ``auto_submitted`` is the RFC 3834 header (None for mail a person
     wrote). ``confidential=False`` for a mail that carries nothing of the case (a
@@ -63,6 +65,7 @@ def enqueue(session: Session, now: dt.datetime, settings: Settings, *, kind: str
     goes in plaintext when it cannot (none pinned, expired, revoked).
     ``encrypt_to`` names the key for anyone else (a join request's applicant); confidential
     mail given one may go out only encrypted to it. ``request_id`` ties it to a join request.
+    ``attachments`` make the mail multipart/mixed; encrypted, they travel inside.
     """
     project = settings.project
     to = canonical_mailbox(compose.clean(to, 320))
@@ -72,7 +75,7 @@ def enqueue(session: Session, now: dt.datetime, settings: Settings, *, kind: str
         to_addr=compose.address(to, to_name), subject=subject, body=body,
         message_id=message_id, now=now, in_reply_to=in_reply_to, references=references,
         auto_submitted=auto_submitted,
-        loop_address=project.security_address)
+        loop_address=project.security_address, attachments=attachments)
     envelope_from = project.security_address
     if member is not None:
         # Content-free notes (a suspension, a key that expired) are encrypted when the pinned

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from seclistd.embargo_models import AnnouncementRecipient, Leak
+from seclistd.embargo_models import Leak
 from seclistd.list_models import Member
 from seclistd.models import Case, DaemonState, Message, Outbox, QuarantineDeletion
 from seclistd.workflows import states
@@ -76,25 +76,12 @@ def show_case(session: Session, tz: ZoneInfo, case_id: str) -> dict[str, Any] | 
     doc["events"] = [{"at": iso(e.at, tz), "actor": e.actor, "action": e.action,
                       "from_state": e.from_state, "to_state": e.to_state, "detail": e.detail}
                      for e in case.events]
-    doc["announcement"] = announcement(session, tz, case)
+    from seclistd.workflows import announce
+
+    doc["announcement"] = announce.view(session, case, tz) or {
+        "until": iso(case.embargo_until, tz), "recipients": []}
     doc["leaks"] = leaks(session, tz, case)
     return doc
-
-
-def announcement(session: Session, tz: ZoneInfo, case: Case) -> dict[str, Any]:
-    """The embargoed notice's recipients: delivery, acknowledgment, vendor status and
-    statement of each copy (never its token)."""
-    recipients = session.scalars(select(AnnouncementRecipient).where(
-        AnnouncementRecipient.case_id == case.id).order_by(AnnouncementRecipient.id))
-    return {
-        "until": iso(case.embargo_until, tz),
-        "recipients": [{
-            "email": r.email, "role": r.role, "status": r.status,
-            "sent_at": iso(r.sent_at, tz), "acknowledged_at": iso(r.acknowledged_at, tz),
-            "vendor_status": r.vendor_status, "statement": r.statement,
-            "status_at": iso(r.status_at, tz), "reminded_at": iso(r.reminded_at, tz)}
-            for r in recipients],
-    }
 
 
 def leaks(session: Session, tz: ZoneInfo, case: Case) -> list[dict[str, Any]]:

@@ -5,16 +5,13 @@ signed X-ACK / X-STATUS show in ``cases show --json`` and forgeries change nothi
 reminder a business day before the date; leaks by signed X-LEAK or by a stranger quoting a
 copy's token alert the team, count against the right member, and flag repeat leakers.
 
-The notices here are made by ``_notify``, a stand-in for ``workflows.announce`` (another
-part of issue 10): one copy per member through ``member_mail.mail_member`` and one per team
-member, each with its own token in its Message-ID (``<CASEID.TOKEN.seclistd@domain>``) and
-in its text ("This copy's token: TOKEN")."""
+The notices are sent by ``workflows.announce.send_notice`` (the case is put under embargo
+directly: the embargo command itself is tested in ``test_announce.py``)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -23,11 +20,10 @@ import pytest
 from sqlalchemy import select
 
 from seclistd import db
-from seclistd.embargo_models import Announcement, AnnouncementRecipient, Leak
-from seclistd.list_models import Member, MemberEvent
+from seclistd.embargo_models import AnnouncementRecipient, Leak
+from seclistd.list_models import MemberEvent
 from seclistd.models import Case, Outbox
-from seclistd.outbox import enqueue
-from seclistd.workflows import member_mail, notice_reminders
+from seclistd.workflows import announce, notice_reminders
 from tests.components import Sink, report
 from tests.pgp import Home, encrypted_mail, entity
 from tests.test_requests import ALICE, APPLICANT, CRASH, MALLORY, World, make_world, reply
@@ -58,42 +54,13 @@ def _notify(world: World, *, at: dt.datetime | None = None,
     until = until or at + dt.timedelta(days=5)
     case_id = world.ingest(report(1), at=at).case_id
     assert case_id
-    settings = world.settings
     with db.transaction(world.factory) as session:
         case = session.get(Case, case_id)
         assert case is not None
         case.state, case.embargo_until = "embargoed", until
-        session.add(Announcement(case_id=case_id, list_name="oci", until=until,
-                                 text="A heap overflow; the patch is attached.", created_at=at,
-                                 created_by=ALICE))
-        session.flush()
-
-        def body(token: str) -> str:
-            return (f"Embargoed until {until.isoformat()}: a heap overflow in the parser.\n\n"
-                    f"This copy's token: {token}\n")
-
-        members = session.scalars(select(Member).where(
-            Member.list_name == "oci", Member.state == "active").order_by(Member.id))
-        for member in members:
-            token = secrets.token_hex(16)
-            mid = f"<{case_id}.{token}.seclistd@{settings.project.domain}>"
-            row = member_mail.mail_member(session, at, settings, member, kind="embargo_notice",
-                                          subject=f"[{case_id}] Embargoed notice",
-                                          body=body(token), case_id=case_id, message_id=mid)
-            session.flush()
-            session.add(AnnouncementRecipient(
-                case_id=case_id, member_id=member.id, email=member.email, role="member",
-                token=token, outbox_id=row.id,
-                status="held" if row.status == "held" else "queued"))
-        for person in settings.team.members:
-            token = secrets.token_hex(16)
-            mid = f"<{case_id}.{token}.seclistd@{settings.project.domain}>"
-            row = enqueue(session, at, settings, kind="embargo_notice", to=person.email,
-                          subject=f"[{case_id}] Embargoed notice", body=body(token),
-                          case=case, encrypt_to=person.fingerprint, message_id=mid)
-            session.flush()
-            session.add(AnnouncementRecipient(case_id=case_id, email=person.email, role="team",
-                                              token=token, outbox_id=row.id, status="queued"))
+        announce.send_notice(session, at, world.settings, case, actor=ALICE,
+                             text="A heap overflow in the parser; the patch follows.",
+                             attachments=())
     return case_id
 
 
@@ -220,7 +187,7 @@ def test_signed_ack_and_status_show_in_cases_show(world: World):
     assert shown[APPLICANT]["status"] == "queued" and shown[APPLICANT]["acknowledged_at"] is None
     assert shown[DADE]["status"] == "held"
     text = world.cli("cases", "show", case_id).stdout
-    assert "vendor status not-affected" in text and "We do not ship the parser." in text
+    assert "not-affected: We do not ship the parser." in text
 
 
 def test_forged_or_unsigned_status_changes_nothing(world: World):

@@ -86,6 +86,11 @@ ABOUT_MEMBER = {"member_bounce_suspended.txt.j2", "member_bounce_warning.txt.j2"
                 "member_key_unverified.txt.j2"}
 CONTEXT.update({"list_name": "distributors", "email": "security@distro.example",
                 "organization": "Distro", "remedy": "", "state": "suspended"})
+# The embargoed notice of a case (issue 10).
+CONTEXT.update({"until": "Tuesday 8 December 2026, 15:00 UTC (Tuesday 8 December 2026, 10:00 "
+                         "EST, America/New_York)",
+                "previous": "Monday 7 December 2026, 15:00 UTC", "files": ["fix.patch"],
+                "affected_versions": "< 1.4.3", "severity": "CVSS:3.1/AV:N (9.8)"})
 # Mail to a list member about the list itself (no case, no member details).
 ABOUT_LIST = {"member_key_needed.txt.j2"}
 

@@ -45,11 +45,21 @@ def _case_text(doc: dict[str, Any]) -> str:
     head = {k: doc[k] for k in ("id", "state", "resolution", "subject", "reporter", "handler",
                                 "received_at", "ack_due", "acknowledged_at", "embargo_until")}
     head["missing_information"] = ", ".join(doc["missing_information"]) or "-"
-    parts = [kv(head), "", "events:"]
+    parts = [kv(head)]
+    ann = doc.get("announcement") or {}
+    if ann.get("until_shown"):
+        parts += ["", f"embargoed notice (revision {ann['revision']}), embargo ends "
+                  f"{ann['until_shown']}:"]
+        parts += [f"  {r['email']}  {r['role']}  {r['status']}"
+                  + (f"  acknowledged {r['acknowledged_at']}" if r["acknowledged_at"] else "")
+                  + (f"  {r['vendor_status']}" if r["vendor_status"] else "")
+                  + (f": {r['statement']}" if r["statement"] else "")
+                  for r in ann["recipients"]]
+    parts += ["", "events:"]
     parts += [f"  {e['at']}  {e['actor']}  {e['action']}  "
               f"{e['from_state'] or '-'} -> {e['to_state'] or '-'}  {e['detail']}"
               for e in doc["events"]]
-    parts += _announcement_text(doc.get("announcement") or {}, doc.get("leaks") or [])
+    parts += _leaks_text(doc.get("leaks") or [])
     parts += ["", "messages:"]
     for m in doc["messages"]:
         number = f" #{m['id']}" if m.get("id") is not None else ""
@@ -59,22 +69,14 @@ def _case_text(doc: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _announcement_text(doc: dict[str, Any], leaks: list[dict[str, Any]]) -> list[str]:
-    """Each recipient of the embargoed notice: delivery, acknowledgment, vendor status and
-    statement; then the leaks."""
-    if not doc.get("recipients") and not leaks:
+def _leaks_text(leaks: list[dict[str, Any]]) -> list[str]:
+    """The leaks recorded on the case, each with the member whose copy leaked."""
+    if not leaks:
         return []
-    parts = ["", f"announcement (embargo until {doc.get('until') or '-'}):"]
-    for r in doc.get("recipients", []):
-        parts.append(f"  {r['email']}  {r['role']}  {r['status']}  "
-                     f"acknowledged {r['acknowledged_at'] or 'no'}  "
-                     f"vendor status {r['vendor_status'] or '-'}")
-        parts += [f"    {line}" for line in (r["statement"] or "").splitlines()[:20]]
-    for x in leaks:
-        parts.append(f"  LEAK {x['at']} reported by {x['reported_by']} "
-                     f"({'signed' if x['signed'] else 'unsigned'}); "
-                     f"copy of {x['member'] or 'unknown'}")
-    return parts
+    return ["", "leaks:"] + [
+        f"  {x['at']}  reported by {x['reported_by']} "
+        f"({'signed' if x['signed'] else 'unsigned'}); copy of {x['member'] or 'not known'}"
+        for x in leaks]
 
 
 def cmd_cases_show(args: argparse.Namespace) -> int:
@@ -187,24 +189,74 @@ def cmd_cases_attachments(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _attachments(paths: list[str] | None) -> tuple[Any, ...]:
+    """The files of ``--attach``, read whole; CliError naming one that cannot be read."""
+    import mimetypes
+
+    from seclistd.mail.compose import Attachment
+
+    out = []
+    for name in paths or []:
+        path = Path(name)
+        try:
+            if not path.is_file():
+                raise CliError(f"--attach {name}: not a file, expected the path of a file "
+                               "to send with the notice (a patch)")
+            data = path.read_bytes()
+        except OSError as exc:
+            raise CliError(f"--attach {name}: cannot read it ({exc.strerror}), expected a "
+                           "readable file") from exc
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if path.suffix in (".patch", ".diff"):
+            ctype = "text/x-diff"
+        out.append(Attachment(path.name, ctype, data))
+    return tuple(out)
+
+
+def _embargo_report(session: Any, settings: Any, case_id: str, doc: dict[str, Any]) -> None:
+    """Add the notice's fan-out and warnings to an embargo action's document."""
+    from seclistd.workflows import announce
+
+    announcement = announce.announcement_of(session, case_id)
+    if announcement is None:
+        return
+    counts = announce.fanout_counts(session, announcement)
+    doc["until"] = announcement.until.astimezone(settings.project.tz).isoformat()
+    doc["until_shown"] = announce.shown(settings, announcement.until)
+    doc["revision"] = announcement.revision
+    doc["queued"], doc["held"] = counts.queued, counts.held
+    # The detail's first line is the outcome, the warnings follow it, then the team's text.
+    warnings = []
+    for line in doc["detail"].splitlines()[1:]:
+        if not line.startswith("warning: "):
+            break
+        warnings.append(line[len("warning: "):])
+    doc["warnings"] = warnings
+
+
 def cmd_case_action(args: argparse.Namespace) -> int:
     from seclistd.workflows import lifecycle
 
     text = action_text(args, required=args.action in lifecycle.NEEDS_TEXT)
     settings = load_settings(args)
+    files = _attachments(getattr(args, "attach", None))
     factory = db.session_factory(open_db(settings))
     req = lifecycle.Request(
         action=args.action, text=text, email=getattr(args, "email", None),
         other=getattr(args, "other", None), versions=getattr(args, "versions", None),
         cvss=getattr(args, "cvss", None), until=getattr(args, "until", None),
-        credit=getattr(args, "credit", None))
+        credit=getattr(args, "credit", None), attachments=files)
     try:
         with db.transaction(factory) as session:
             event = lifecycle.act(session, now(), settings, args.id, req, operator())
             doc = {"id": args.id, "action": event.action, "from_state": event.from_state,
                    "to_state": event.to_state, "detail": event.detail}
+            if args.action == "embargo":
+                _embargo_report(session, settings, args.id, doc)
     except lifecycle.ActionError as exc:
         raise CliError(str(exc)) from exc
+    for warning in doc.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     emit(args, doc, lambda d: f"{d['id']}: {d['action']}: {d['from_state']} -> "
                               f"{d['to_state']}" + (f" ({d['detail'].splitlines()[0]})"
                                                      if d["detail"] else ""))
@@ -258,6 +310,9 @@ def register(sub: Any, add: Add, parents: list[Parser]) -> None:
         if name == "embargo":
             p.add_argument("--until", type=iso_time, required=True,
                            help="ISO 8601 with offset, e.g. 2026-12-01T15:00:00+00:00")
+            p.add_argument("--attach", nargs="+", action="extend", metavar="FILE",
+                           help="files (patches) sent with the notice, inside each copy's "
+                                "encryption")
         if name == "disclose":
             p.add_argument("--credit", help="credit line, instead of the reporter's wish")
         if name in NEEDS_TEXT:

@@ -10,8 +10,12 @@ bytes are UTF-8 throughout, and the relay sends such a mail only with SMTPUTF8.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
 from email import quoprimime
 from email.header import Header
 from email.headerregistry import Address
@@ -91,10 +95,50 @@ def body_part(body: str) -> tuple[str, str]:
     return "quoted-printable", encoded
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """A file that goes with an outgoing mail (a patch): its name, type and bytes."""
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
+_MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
+_NAME_KEEP = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def mime_type(value: str | None) -> str:
+    """``value`` as a bare ``type/subtype`` when it is one, else application/octet-stream."""
+    text = (value or "").strip().lower()
+    return text if _MIME_TYPE.fullmatch(text) else "application/octet-stream"
+
+
+def attachment_name(name: str | None, fallback: str = "attachment.bin") -> str:
+    """A file name safe to write in a header: its last path component, ASCII letters,
+    digits and ``._+-`` (anything else becomes ``_``), never a leading dot, at most 100."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = _NAME_KEEP.sub("_", base).lstrip(".-")[:100]
+    return base if base.strip("_") else fallback
+
+
+def _attachment_part(att: Attachment) -> str:
+    name = attachment_name(att.filename)
+    encoded = base64.encodebytes(att.data).decode("ascii").replace("\n", "\r\n")
+    return (f'Content-Type: {mime_type(att.content_type)}; name="{name}"\r\n'
+            f'Content-Disposition: attachment; filename="{name}"\r\n'
+            "Content-Transfer-Encoding: base64\r\n\r\n" + encoded)
+
+
 def build(*, from_addr: Address, to_addr: Address, subject: str, body: str, message_id: str,
           now: dt.datetime, in_reply_to: str | None = None, references: list[str] | None = None,
-          auto_submitted: str | None = None, loop_address: str | None = None) -> bytes:
+          auto_submitted: str | None = None, loop_address: str | None = None,
+          attachments: Sequence[Attachment] = ()) -> bytes:
     """The message as bytes with CRLF line ends; every header from a cleaned string.
+
+    With ``attachments`` the message is multipart/mixed: the text first, then each file
+    (base64, under a safe name). Encrypting the message (``pgpmime.encrypt_message``)
+    puts the whole body, attachments included, inside the encryption.
 
     Built with the email package's own encoders (Header, formataddr, quoprimime) rather
     than EmailMessage: its header registry creates a class per header set, which cost
@@ -117,8 +161,18 @@ def build(*, from_addr: Address, to_addr: Address, subject: str, body: str, mess
     if loop_address:
         lines.append(f"X-Loop: {clean(loop_address, 320)}")
     cte, encoded = body_part(body)
-    lines += ["MIME-Version: 1.0", 'Content-Type: text/plain; charset="utf-8"',
-              f"Content-Transfer-Encoding: {cte}", "", encoded]
+    if attachments:
+        boundary = f"mixed-{secrets.token_hex(12)}"
+        parts = [f'Content-Type: text/plain; charset="utf-8"\r\n'
+                 f"Content-Transfer-Encoding: {cte}\r\n\r\n{encoded}"]
+        parts += [_attachment_part(att) for att in attachments]
+        multipart = "".join(f"--{boundary}\r\n" + part.rstrip("\r\n") + "\r\n"
+                            for part in parts) + f"--{boundary}--"
+        lines += ["MIME-Version: 1.0",
+                  f'Content-Type: multipart/mixed; boundary="{boundary}"', "", multipart]
+    else:
+        lines += ["MIME-Version: 1.0", 'Content-Type: text/plain; charset="utf-8"',
+                  f"Content-Transfer-Encoding: {cte}", "", encoded]
     text = "\r\n".join(lines)
     if not text.endswith("\r\n"):
         text += "\r\n"

@@ -116,6 +116,7 @@ class Signed:
     text: str
     signature: Signature
     raw_signature: bytes
+    entity: bytes = b""  # the signed MIME entity: where a command's attachments come from
 
 
 def signed_content(unwrapped: Unwrapped, keyring: Keyring | None) -> Signed:
@@ -125,15 +126,29 @@ def signed_content(unwrapped: Unwrapped, keyring: Keyring | None) -> Signed:
         verification = keyring.verify_detached(unwrapped.signed.signed,
                                                unwrapped.signed.signature)
         text, raw_sig = entity_text(unwrapped.signed.signed), unwrapped.signed.signature
+        entity = unwrapped.signed.signed
     elif unwrapped.decrypted is not None and unwrapped.inner_verification and \
             unwrapped.inner_verification.signatures:
         verification = unwrapped.inner_verification
         text = (unwrapped.decrypted.decode("utf-8", "replace") if unwrapped.inline
                 else entity_text(unwrapped.decrypted))
         raw_sig = unwrapped.decrypted
+        entity = b"" if unwrapped.inline else unwrapped.decrypted
     else:
         raise Refused("the command is not signed: sign the whole mail with PGP/MIME")
-    return Signed(text=text, signature=one_good(verification), raw_signature=raw_sig)
+    return Signed(text=text, signature=one_good(verification), raw_signature=raw_sig,
+                  entity=entity)
+
+
+def signed_attachments(signed: Signed) -> tuple[compose.Attachment, ...]:
+    """The files attached inside the signed entity (never beside it): what an
+    ``X-EMBARGO`` sends with the notice."""
+    from seclistd.mail import extract
+
+    if not signed.entity:
+        return ()
+    return tuple(compose.Attachment(a.name or "attachment.bin", a.content_type, a.data)
+                 for a in extract.attachments(signed.entity))
 
 
 def one_good(verification: Verification) -> Signature:
@@ -217,7 +232,8 @@ def authorize(session: Session, now: dt.datetime,
     return case, actions, text
 
 
-def request(name: str, arg: str, text: str) -> lifecycle.Request:
+def request(name: str, arg: str, text: str,
+            attachments: tuple[compose.Attachment, ...] = ()) -> lifecycle.Request:
     action = TEAM_KEYWORDS[name]
     kwargs: dict[str, object] = {}
     if action == "assign":
@@ -233,6 +249,7 @@ def request(name: str, arg: str, text: str) -> lifecycle.Request:
             raise lifecycle.ActionError(f"X-EMBARGO needs an ISO 8601 time with offset, got "
                                         f"{arg[:40]!r}") from exc
         kwargs["until"] = until
+        kwargs["attachments"] = attachments
     return lifecycle.Request(action=action, text=text, **kwargs)  # type: ignore[arg-type]
 
 
@@ -251,7 +268,8 @@ def handle(session: Session, now: dt.datetime, settings: Settings, keyring: Keyr
             raise Refused("the signed text has X-CASE but no action keyword")
         try:
             with session.begin_nested():
-                _apply(session, now, settings, case, member, actions, text)
+                _apply(session, now, settings, case, member, actions, text,
+                       signed_attachments(signed))
         except lifecycle.ActionError as exc:
             raise Refused(f"nothing was done: {exc}") from exc
     except Refused as refusal:
@@ -269,14 +287,19 @@ def handle(session: Session, now: dt.datetime, settings: Settings, keyring: Keyr
 
 
 def _apply(session: Session, now: dt.datetime, settings: Settings, case: Case, member: str,
-           actions: list[tuple[str, str]], text: str) -> None:
-    # The message goes with the first action that mails the reporter; otherwise it is an
-    # internal comment (DESIGN.md §4).
+           actions: list[tuple[str, str]], text: str,
+           attachments: tuple[compose.Attachment, ...] = ()) -> None:
+    # The message goes with the first action that mails the reporter, else with X-EMBARGO
+    # (the team's words in the notice); otherwise it is an internal comment (DESIGN.md §4).
+    # The signed entity's attachments go with X-EMBARGO (the notice's files).
     carrier = next((i for i, (name, _) in enumerate(actions)
                     if TEAM_KEYWORDS[name] in states.TO_REPORTER), None)
+    if carrier is None:
+        carrier = next((i for i, (name, _) in enumerate(actions)
+                        if TEAM_KEYWORDS[name] == "embargo"), None)
     for i, (name, arg) in enumerate(actions):
         lifecycle.act(session, now, settings, case.id,
-                      request(name, arg, text if i == carrier else ""), member)
+                      request(name, arg, text if i == carrier else "", attachments), member)
     if carrier is None and text.strip():
         lifecycle.act(session, now, settings, case.id,
                       lifecycle.Request(action="comment", text=text), member)

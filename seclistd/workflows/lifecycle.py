@@ -61,6 +61,7 @@ class Request:
     cvss: str | None = None  # confirm
     until: dt.datetime | None = None  # embargo
     credit: str | None = None  # disclose: overrides what the reporter asked for
+    attachments: tuple[compose.Attachment, ...] = ()  # embargo: files for the notice
 
 
 def parse_cvss(vector: str) -> tuple[str, float]:
@@ -145,7 +146,7 @@ def _apply(session: Session, now: dt.datetime, settings: Settings, case: Case, r
         case.duplicate_of = other.id
         return f"duplicate of {other.id}"
     if req.action == "embargo":
-        return _embargo(case, req, now, settings)
+        return _embargo(session, case, req, now, settings, actor)
     if req.action == "disclose":
         if req.credit is not None:
             case.credit = compose.clean(req.credit, 200)
@@ -192,7 +193,13 @@ def _imported_key(settings: Settings, address: str) -> str | None:
     return ring.key_for_address(address) if ring else None
 
 
-def _embargo(case: Case, req: Request, now: dt.datetime, settings: Settings) -> str:
+def _embargo(session: Session, case: Case, req: Request, now: dt.datetime,
+             settings: Settings, actor: str) -> str:
+    """Set or move the embargo end and send the notice (``workflows.announce``): the first
+    line of the detail says until when and how many copies were queued and held; each
+    warning follows on its own line, starting ``warning:``."""
+    from seclistd.workflows import announce
+
     until = req.until
     if until is None or until.tzinfo is None:
         raise ActionError("embargo needs --until with a date, time and offset, e.g. "
@@ -200,12 +207,31 @@ def _embargo(case: Case, req: Request, now: dt.datetime, settings: Settings) -> 
     if until <= now:
         raise ActionError(f"embargo end {until.isoformat()} is in the past, expected a future "
                           "time")
-    longest = max((lst.max_embargo_days for lst in settings.lists), default=None)
-    if longest is not None and until - now > dt.timedelta(days=longest):
-        raise ActionError(f"embargo end {until.isoformat()} is more than {longest} days away "
-                          "(lists.max_embargo_days), expected an earlier date")
-    case.embargo_until = until
-    return f"embargo until {until.astimezone(settings.project.tz).isoformat()}"
+    until = until.astimezone(dt.UTC)
+    existing = announce.announcement_of(session, case.id)
+    try:
+        warnings = announce.check_terms(settings, existing, until, now)
+        previous = case.embargo_until
+        case.embargo_until = until
+        if existing is None:
+            announcement = announce.send_notice(session, now, settings, case, actor=actor,
+                                                text=req.text, attachments=req.attachments)
+        else:
+            announcement = announce.reschedule(session, now, settings, case, actor=actor,
+                                               text=req.text, attachments=req.attachments,
+                                               previous=previous or existing.until)
+    except announce.TermsError as exc:
+        raise ActionError(str(exc)) from exc
+    counts = announce.fanout_counts(session, announcement)
+    moved = f" (moved from {announce.shown(settings, previous)})" if existing and previous \
+        else ""
+    files = f", {len(req.attachments)} file(s) attached" if req.attachments else ""
+    lines = [f"embargo until {announce.shown(settings, until)}{moved}; notice "
+             f"{'revision ' + str(announcement.revision) + ' ' if announcement.revision else ''}"
+             f"to {counts.recipients} recipient(s): {counts.queued} queued, {counts.held} held"
+             f"{files}"]
+    lines += [f"warning: {w}" for w in warnings]
+    return "\n".join(lines)
 
 
 def credit_line(case: Case) -> str:

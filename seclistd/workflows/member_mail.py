@@ -13,12 +13,14 @@ confidential: such mail is held, and what was still waiting to go is held at sus
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from seclistd.config import Settings
 from seclistd.list_models import Member
+from seclistd.mail.compose import Attachment
 from seclistd.mail.render import render
 from seclistd.models import Outbox
 from seclistd.outbox import enqueue
@@ -30,14 +32,19 @@ SUSPENDED = "the list member is suspended; held until it is active again"
 
 def mail_member(session: Session, now: dt.datetime, settings: Settings, member: Member, *,
                 kind: str, subject: str, body: str, case_id: str | None = None,
-                in_reply_to: str | None = None, message_id: str | None = None) -> Outbox:
+                in_reply_to: str | None = None, references: list[str] | None = None,
+                message_id: str | None = None,
+                attachments: Sequence[Attachment] = ()) -> Outbox:
     """Enqueue confidential mail to ``member``: encrypted to its pinned key, or held (and the
-    member told, once while anything is held, that mail is waiting for a key)."""
+    member told, once while anything is held, that mail is waiting for a key).
+    ``message_id`` fixes the Message-ID (an embargoed notice's carries the copy's token);
+    ``attachments`` travel inside the encryption."""
     if member.state == "removed":
         raise ValueError(f"{member.email} is no longer a member of {member.list_name}")
     row = enqueue(session, now, settings, kind=kind, to=member.email, subject=subject,
                   body=body, to_name=member.name, in_reply_to=in_reply_to,
-                  auto_submitted="auto-generated", member=member, message_id=message_id)
+                  references=references, auto_submitted="auto-generated", member=member,
+                  message_id=message_id, attachments=attachments)
     row.case_id = case_id
     if member.state != "active":
         row.status, row.last_error = "held", SUSPENDED
