@@ -186,6 +186,7 @@ class MembershipSettings:
     bounce_stale_after_days: int = 90
     bounce_warnings: int = 2
     bounce_warning_interval_days: int = 7
+    leaks_before_removal_flag: int = 2
 
 
 @dataclass(frozen=True)
@@ -433,6 +434,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Check | None]]] = {
         "bounce_stale_after_days": (90, _is_int(1)),
         "bounce_warnings": (2, _is_int(0, 52)),
         "bounce_warning_interval_days": (7, _is_int(1, 365)),
+        "leaks_before_removal_flag": (2, _is_int(1, 100)),
     },
     "templates": {"dir": ("", _is_str)},
     "autoreply": {

@@ -41,6 +41,8 @@ from seclistd.models import Case, Message
 from seclistd.workflows import (
     bounces,
     commands,
+    discussion,
+    leaks,
     member_commands,
     member_rotation,
     report,
@@ -163,6 +165,22 @@ def dispatch(session: Session, now: dt.datetime, settings: Settings, message: Me
                                          message, mail, unwrapped)
         if problem is not None:
             quarantine(message, problem, route.label)
+        return
+    if route.kind == "command" and route.label == "leak_command":
+        problem = leaks.on_command(session, now, settings, keyring(settings.gnupg), message,
+                                   mail, unwrapped)
+        if problem is not None:
+            quarantine(message, problem, route.label)
+        return
+    if route.kind == "notice_reply":
+        assert route.case_id is not None and route.copy_id is not None
+        discussion.on_reply(session, now, settings, keyring(settings.gnupg), message, mail,
+                            unwrapped, discussion.Located(route.case_id, route.copy_id,
+                                                          route.own_copy_id))
+        return
+    if route.kind == "leak":
+        assert route.case_id is not None
+        leaks.on_report(session, now, settings, message, mail, route.case_id, route.copy_id)
         return
     if route.kind == "member_token":
         assert route.member_id is not None

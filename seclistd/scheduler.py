@@ -23,7 +23,15 @@ from seclistd.config import Settings
 from seclistd.db import transaction
 from seclistd.errors import describe, trace
 from seclistd.relay import release_dead_leases
-from seclistd.workflows import bounces, disclosure, member_keys, notices, reminders, requests
+from seclistd.workflows import (
+    bounces,
+    disclosure,
+    member_keys,
+    notice_reminders,
+    notices,
+    reminders,
+    requests,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,7 @@ SWEEPS: dict[str, tuple[Sweep, int]] = {
     "bounces": (bounces.sweep, 600),
     "member_keys": (member_keys.sweep, 86400),
     "requests": (requests.sweep, 300),  # join requests silent past their expiry
+    "notice_reminders": (notice_reminders.sweep, 300),  # unacknowledged embargoed notices
 }
 
 

@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from seclistd.embargo_models import Leak
+from seclistd.list_models import Member
 from seclistd.models import Case, DaemonState, Message, Outbox, QuarantineDeletion
 from seclistd.workflows import states
 
@@ -80,7 +82,17 @@ def show_case(session: Session, tz: ZoneInfo, case_id: str) -> dict[str, Any] | 
 
     doc["announcement"] = announce.view(session, case, tz) or {
         "until": iso(case.embargo_until, tz), "recipients": []}
+    doc["leaks"] = leaks(session, tz, case)
     return doc
+
+
+def leaks(session: Session, tz: ZoneInfo, case: Case) -> list[dict[str, Any]]:
+    """The leaks recorded on the case, each with the member whose copy leaked (if known)."""
+    found = session.scalars(select(Leak).where(Leak.case_id == case.id).order_by(Leak.id))
+    emails = {m.id: m.email for m in session.scalars(select(Member).where(Member.id.in_(
+        select(Leak.member_id).where(Leak.case_id == case.id))))}
+    return [{"at": iso(x.at, tz), "reported_by": x.reported_by, "signed": x.signed,
+             "member": emails.get(x.member_id) if x.member_id else None} for x in found]
 
 
 def outbox_row(o: Outbox, tz: ZoneInfo) -> dict[str, Any]:

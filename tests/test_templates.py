@@ -74,6 +74,11 @@ CONTEXT.update({"request": REQUEST, "request_id": REQUEST["id"],
                 "fingerprint": "AB" * 20, "vouches": 0, "vouches_required": 1,
                 "member_name": "CrashOverride", "member_email": "acid@seven.example",
                 "extra": "", "max_embargo_days": 14, "other_sender": ""})
+# The embargoed notice's discussion, reminder and leak alerts.
+CONTEXT.update({"until": "Tuesday 6 July 2027, 15:00 EDT",
+                "until_utc": "Tuesday 6 July 2027, 19:00 UTC", "problem": "not signed",
+                "reported_by": "someone@forum.example", "signed": False, "leaks": 2,
+                "flagged": True, "copy_of": "security@distro.example"})
 # Mail about a list member (reachability, membership changes) names the member and
 # concerns no case.
 ABOUT_MEMBER = {"member_bounce_suspended.txt.j2", "member_bounce_warning.txt.j2",

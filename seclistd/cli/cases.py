@@ -61,6 +61,7 @@ def _case_text(doc: dict[str, Any]) -> str:
     parts += [f"  {e['at']}  {e['actor']}  {e['action']}  "
               f"{e['from_state'] or '-'} -> {e['to_state'] or '-'}  {e['detail']}"
               for e in doc["events"]]
+    parts += _leaks_text(doc.get("leaks") or [])
     parts += ["", "messages:"]
     for m in doc["messages"]:
         number = f" #{m['id']}" if m.get("id") is not None else ""
@@ -68,6 +69,16 @@ def _case_text(doc: dict[str, Any]) -> str:
                   f"  Subject: {m['subject']}", ""]
         parts += [f"    {line}" for line in (m["text"] or "").splitlines()[:200]]
     return "\n".join(parts)
+
+
+def _leaks_text(leaks: list[dict[str, Any]]) -> list[str]:
+    """The leaks recorded on the case, each with the member whose copy leaked."""
+    if not leaks:
+        return []
+    return ["", "leaks:"] + [
+        f"  {x['at']}  reported by {x['reported_by']} "
+        f"({'signed' if x['signed'] else 'unsigned'}); copy of {x['member'] or 'not known'}"
+        for x in leaks]
 
 
 def cmd_cases_show(args: argparse.Namespace) -> int:

@@ -11,8 +11,16 @@ mail, or a ``Token:`` line from a member address with a rotation waiting); a mes
 a usable From is quarantined; a mail shaped like a join request opens one; a mail from a
 current member's address that offers a key is a key rotation (``member_key``: the pipeline
 hands it back as a new report when the key is the one already pinned); everything else is a
-new report. Keyword commands come before replies: a team member's (``X-CASE`` or
-``X-REQUEST``), and anyone's ``X-VOUCH`` or ``X-LEAVE`` (its signature decides, later).
+new report. Keyword commands come before replies: anyone's signed-looking ``X-LEAK``
+(before the team's commands: a team member may report a leak too), a team member's
+(``X-CASE`` or ``X-REQUEST``), and anyone's ``X-VOUCH`` or ``X-LEAVE`` (its signature
+decides, later).
+
+Embargoed notices (``workflows.discussion``), before replies on a case: a mail that answers
+a notice copy (In-Reply-To/References) or quotes a copy's token is a recipient's reply
+(``notice_reply``) when its From is a recipient of that notice, else a leak (``leak``:
+someone outside the notice had a copy). A mail not threaded on a case that names a case
+under embargo, from neither its reporter nor the team, is a leak report too.
 """
 
 from __future__ import annotations
@@ -26,9 +34,10 @@ from sqlalchemy.orm import Session
 
 from seclistd.config import ListSettings
 from seclistd.list_models import JoinRequest, Member
-from seclistd.mail import loops, member_syntax, request_syntax, verp
+from seclistd.mail import loops, member_syntax, notice_syntax, request_syntax, verp
 from seclistd.mail.parse import ParsedMail
 from seclistd.models import Case, Message, Outbox
+from seclistd.workflows import discussion
 from seclistd.workflows.commands import looks_like_command, named_case, parse_keywords
 from seclistd.workflows.requests import looks_like_request
 
@@ -39,7 +48,7 @@ _DSN_MSGID = re.compile(rb"^message-id:[ \t]*(<[^<>\s]{1,900}>)", re.I | re.M)
 @dataclass(frozen=True)
 class Route:
     kind: str  # "quarantine" | "command" | "reply" | "request_reply" | "join_request" |
-    # "new_report" | "member_bounce" | "member_token" | "member_key"
+    # "new_report" | "member_bounce" | "member_token" | "member_key" | "notice_reply" | "leak"
     label: str  # what the message is: loop, bounce, auto_reply, reply, new_report, ...
     case_id: str | None = None
     reason: str | None = None
@@ -47,6 +56,8 @@ class Route:
     list_name: str | None = None  # the list a new join request asks to join
     member_id: int | None = None  # "member_bounce": the member its return path names;
     # "member_token": the member whose rotation token the mail answers
+    copy_id: int | None = None  # "notice_reply", "leak": the notice copy answered or quoted
+    own_copy_id: int | None = None  # "notice_reply": the sender's own copy of that notice
 
 
 @dataclass(frozen=True)
@@ -277,6 +288,55 @@ def rule_member_key(ctx: Context) -> Route | None:
     return Route("member_key", "member_key", member_id=member_id) if member_id else None
 
 
+def rule_leak_command(ctx: Context) -> Route | None:
+    """An ``X-LEAK`` keyword line in a signed or encrypted mail, from anyone: the signature
+    (a member's pinned key or a team key) decides whether it counts."""
+    mail = ctx.mail
+    if mail.content_type not in ("multipart/signed", "multipart/encrypted"):
+        return None
+    if notice_syntax.has_leak_keyword(mail.text) or notice_syntax.has_leak_keyword(
+            ctx.raw[:notice_syntax.SCAN_CHARS].decode("latin-1")):
+        return Route("command", "leak_command")
+    return None
+
+
+def rule_notice(ctx: Context) -> Route | None:
+    """A mail that answers a notice copy or quotes a copy's token: a recipient's reply, or
+    a leak when the From is not a recipient of that notice."""
+    found = discussion.locate(ctx.session, ctx.mail, ctx.raw)
+    if found is None:
+        return None
+    if found.own_id is not None:
+        return Route("notice_reply", "notice_reply", case_id=found.case_id,
+                     copy_id=found.copy_id, own_copy_id=found.own_id)
+    return Route("leak", "leak", case_id=found.case_id, copy_id=found.copy_id)
+
+
+def rule_embargoed_named(ctx: Context) -> Route | None:
+    """A mail that names a case under embargo without being threaded on it, from neither
+    the case's reporter nor the team: a report that the case leaked; from an address the
+    notice went to, that recipient's reply (its signature decides what it may do)."""
+    mail = ctx.mail
+    if not mail.from_addr or case_by_thread(ctx.session, mail.in_reply_to + mail.references):
+        return None
+    sender = loops.canonical_mailbox(mail.from_addr)
+    if sender in ctx.team or sender in ctx.own_addresses:
+        return None
+    for case_id in notice_syntax.case_ids_named(ctx.case_prefix, mail.subject, mail.text):
+        case = ctx.session.get(Case, case_id)
+        if case is None or case.state != "embargoed":
+            continue
+        if sender in {loops.canonical_mailbox(a) for a in (case.reporter, case.reply_to,
+                                                            case.answer_to) if a}:
+            continue
+        own = discussion.copy_for(ctx.session, case_id, sender)
+        if own is not None:
+            return Route("notice_reply", "notice_reply", case_id=case_id, copy_id=own,
+                         own_copy_id=own)
+        return Route("leak", "leak", case_id=case_id)
+    return None
+
+
 def rule_request_reply(ctx: Context) -> Route | None:
     request_id = threaded_request(ctx)
     return Route("request_reply", "reply", request_id=request_id) if request_id else None
@@ -310,8 +370,9 @@ def rule_new_report(ctx: Context) -> Route | None:
 
 
 RULES: tuple[Callable[[Context], Route | None], ...] = (
-    rule_loop, rule_member_bounce, rule_bounce, rule_auto_reply, rule_command,
-    rule_join_command, rule_member_command, rule_reply, rule_request_reply, rule_member_token,
+    rule_loop, rule_member_bounce, rule_bounce, rule_auto_reply, rule_leak_command,
+    rule_command, rule_join_command, rule_member_command, rule_notice, rule_embargoed_named,
+    rule_reply, rule_request_reply, rule_member_token,
     rule_sender, rule_join_request, rule_member_key, rule_new_report,
 )
 

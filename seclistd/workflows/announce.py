@@ -228,7 +228,10 @@ def view(session: Session, case: Case, tz: ZoneInfo) -> dict[str, object] | None
             "acknowledged_at": (rec.acknowledged_at.astimezone(tz).isoformat()
                                 if rec.acknowledged_at else None),
             "sent_at": (row.sent_at.astimezone(tz).isoformat()
-                        if row is not None and row.sent_at else None)})
+                        if row is not None and row.sent_at else None),
+            "status_at": rec.status_at.astimezone(tz).isoformat() if rec.status_at else None,
+            "reminded_at": (rec.reminded_at.astimezone(tz).isoformat()
+                            if rec.reminded_at else None)})
     return {"until": announcement.until.astimezone(tz).isoformat(),
             "until_utc": announcement.until.astimezone(dt.UTC).isoformat(),
             "until_shown": shown_in(tz, announcement.until),
