@@ -190,6 +190,22 @@ def test_signed_ack_and_status_show_in_cases_show(world: World):
     assert "not-affected: We do not ship the parser." in text
 
 
+def test_a_statement_never_keeps_a_quoted_copy_token(world: World):
+    """The statement is shown and exported (CSAF, public once disclosed): the author's
+    quoted copy token is removed from it, so the advisory cannot name the copy."""
+    case_id = _notify(world)
+    crash_token, _ = copy_of(world, CRASH)
+    world.ingest(signed_reply(world, world.crash, world.crash_fpr, CRASH,
+                              f"X-STATUS: affected\n\nWe ship 1.4.\n"
+                              f"> This copy's token: {crash_token}\n"))
+    shown = recipients(world, case_id)[CRASH]
+    assert shown["vendor_status"] == "affected" and "We ship 1.4." in shown["statement"]
+    assert crash_token not in shown["statement"]
+    exported = world.cli("cases", "export", case_id, "--format", "csaf")
+    assert exported.returncode == 0, exported.stderr
+    assert "We ship 1.4." in exported.stdout and crash_token not in exported.stdout
+
+
 def test_forged_or_unsigned_status_changes_nothing(world: World):
     case_id = _notify(world)
     body = "X-STATUS: not-affected\n\nNothing to see."

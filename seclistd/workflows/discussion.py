@@ -235,9 +235,21 @@ def _apply(session: Session, now: dt.datetime, settings: Settings, case: Case,
         notes.append("acknowledged")
     own.status = "acknowledged"
     if value is not None:
+        # The statement is shown by `cases show` and published in the CSAF export: never
+        # with a copy token in it (the author's own, quoted), which would let anyone who
+        # reads the advisory pass for a leak of that member's copy.
+        statement = notice_syntax.redact(statement, _tokens_quoted(session, case.id,
+                                                                   statement))
         own.vendor_status, own.statement, own.status_at = value, statement.strip()[:20000], now
         notes.append(f"vendor status {value}")
     return notes
+
+
+def _tokens_quoted(session: Session, case_id: str, text: str) -> list[str]:
+    """The copy tokens of the case's notice that ``text`` quotes."""
+    quoted = set(notice_syntax.token_candidates(text))
+    return [r.token for r in session.scalars(select(AnnouncementRecipient).where(
+        AnnouncementRecipient.case_id == case_id)) if r.token in quoted]
 
 
 def _refuse(session: Session, now: dt.datetime, settings: Settings, case: Case,
