@@ -313,6 +313,22 @@ def test_a_stranger_quoting_a_token_is_a_leak_and_repeats_flag_the_member(world:
     assert [x["member"] for x in shown["leaks"]] == [CRASH, CRASH]
 
 
+def test_quoting_a_token_once_the_case_is_public_is_no_leak(world: World):
+    """Disclosed, the notice may be quoted anywhere (and its statements are in the public
+    CSAF): whoever quotes or answers a copy then leaks nothing, and no member is blamed."""
+    case_id = _notify(world)
+    crash_token, crash_mid = copy_of(world, CRASH)
+    with db.transaction(world.factory) as session:
+        case = session.get(Case, case_id)
+        assert case is not None
+        case.state = "disclosed"
+    quoted = f"Seen in the advisory thread:\nThis copy's token: {crash_token}\n"
+    assert world.ingest(reply("FYI", quoted, sender=STRANGER)).route != "leak"
+    assert world.ingest(reply("Re: notice", "public now", sender="b@other.example",
+                              in_reply_to=crash_mid)).route != "leak"
+    assert leaks(world) == []
+
+
 def test_a_mail_naming_an_embargoed_case_is_a_leak_report(world: World):
     case_id = _notify(world)
     outcome = world.ingest(reply("public already",

@@ -309,6 +309,11 @@ def rule_notice(ctx: Context) -> Route | None:
     if found.own_id is not None:
         return Route("notice_reply", "notice_reply", case_id=found.case_id,
                      copy_id=found.copy_id, own_copy_id=found.own_id)
+    case = ctx.session.get(Case, found.case_id)
+    if case is None or case.state != "embargoed":
+        # Public now (disclosed or closed): a copy quoted or answered from outside leaks
+        # nothing and must not count against the member whose copy it was.
+        return None
     return Route("leak", "leak", case_id=found.case_id, copy_id=found.copy_id)
 
 
