@@ -48,11 +48,11 @@ def world(tmp_path: Path, sink: Sink) -> Iterator[World]:
 # --- helpers -------------------------------------------------------------------------------
 
 def _notify(world: World, *, at: dt.datetime | None = None,
-            until: dt.datetime | None = None) -> str:
+            until: dt.datetime | None = None, n: int = 1) -> str:
     """A confirmed case under embargo with its notice sent to list oci and the team."""
     at = at or world.now()
     until = until or at + dt.timedelta(days=5)
-    case_id = world.ingest(report(1), at=at).case_id
+    case_id = world.ingest(report(n), at=at).case_id
     assert case_id
     with db.transaction(world.factory) as session:
         case = session.get(Case, case_id)
@@ -64,11 +64,13 @@ def _notify(world: World, *, at: dt.datetime | None = None,
     return case_id
 
 
-def copy_of(world: World, email: str) -> tuple[str, str]:
-    """(token, Message-ID) of ``email``'s copy of the notice."""
+def copy_of(world: World, email: str, case_id: str | None = None) -> tuple[str, str]:
+    """(token, Message-ID) of ``email``'s copy of the notice (of ``case_id``, when several)."""
     with world.factory() as session:
-        copy = session.scalars(select(AnnouncementRecipient).where(
-            AnnouncementRecipient.email == email)).one()
+        query = select(AnnouncementRecipient).where(AnnouncementRecipient.email == email)
+        if case_id is not None:
+            query = query.where(AnnouncementRecipient.case_id == case_id)
+        copy = session.scalars(query).one()
         row = session.get(Outbox, copy.outbox_id)
         assert row is not None
         return copy.token, row.message_id
@@ -304,13 +306,24 @@ def test_a_stranger_quoting_a_token_is_a_leak_and_repeats_flag_the_member(world:
     alerts = [world.text_of(m, world.alice) for m in fresh(world, ALICE, seen)]
     assert len(alerts) == 2
     assert all(f"seclistd cases disclose {case_id}" in a for a in alerts)
-    assert "members remove" not in alerts[0] and "members remove" in alerts[1]
+    # Two reports of one leaked copy are one incident: no flag yet (anyone can send two).
+    assert not any("members remove" in a for a in alerts)
+    shown = json.loads(world.cli("--json", "cases", "show", case_id).stdout)
+    assert [x["member"] for x in shown["leaks"]] == [CRASH, CRASH]
+    # A leak of another case's copy is a repeat: the member is flagged for removal.
+    other = _notify(world, n=2)
+    world.deliver()
+    seen = len(world.mails_to(ALICE))
+    other_token, _ = copy_of(world, CRASH, other)
+    world.ingest(reply("more", f"This copy's token: {other_token}\n", sender=STRANGER))
+    world.deliver()
+    [alert] = [world.text_of(m, world.alice) for m in fresh(world, ALICE, seen)
+               if "members remove" in world.text_of(m, world.alice)]
+    assert f"seclistd cases disclose {other}" in alert
     with world.factory() as session:
         actions = list(session.scalars(select(MemberEvent.action).where(
             MemberEvent.member_id == member_id(world, CRASH))))
-    assert actions.count("leak") == 2 and actions.count("leak_flag") == 1
-    shown = json.loads(world.cli("--json", "cases", "show", case_id).stdout)
-    assert [x["member"] for x in shown["leaks"]] == [CRASH, CRASH]
+    assert actions.count("leak") == 3 and actions.count("leak_flag") == 1
 
 
 def test_quoting_a_token_once_the_case_is_public_is_no_leak(world: World):

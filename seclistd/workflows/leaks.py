@@ -17,8 +17,9 @@ Two ways in:
 Each leak is a ``Leak`` row and an event on the case; the team gets an alert of its own at
 once (never in a digest), encrypted to each team member's key, that says how to disclose
 early (``seclistd cases disclose ID``). Leaks count against the member named by a token:
-from ``[membership] leaks_before_removal_flag`` leaks on (over all cases), each alert flags
-the member for removal and the member's history records it. Removal stays the team's call.
+from ``[membership] leaks_before_removal_flag`` leaked cases on (several reports of one
+case's leaked copy are one incident), each alert flags the member for removal and the
+member's history records it. Removal stays the team's call.
 """
 
 from __future__ import annotations
@@ -126,16 +127,18 @@ def record(session: Session, now: dt.datetime, settings: Settings, case: Case,
     flagged = False
     threshold = settings.membership.leaks_before_removal_flag
     if member is not None:
-        leaks = session.scalar(select(func.count()).select_from(Leak).where(
+        # Repeated leaks are leaks of different cases: several reports of one leaked copy
+        # (anyone may send them) are one incident.
+        leaks = session.scalar(select(func.count(func.distinct(Leak.case_id))).where(
             Leak.member_id == member.id)) or 0
         member_states.record(session, member, actor=reported_by, action="leak", now=now,
                              detail=f"a leak of {case.id} traced to this member's copy "
-                                    f"({leaks} so far)")
+                                    f"(leaks of {leaks} case(s) so far)")
         flagged = leaks >= threshold
         if flagged:
             member_states.record(session, member, actor="seclistd", action="leak_flag",
-                                 now=now, detail=f"{leaks} leaks: flagged to the team for "
-                                                 "removal")
+                                 now=now, detail=f"leaks of {leaks} cases: flagged to the "
+                                                 "team for removal")
     whose = f"; the copy of {member.email}" if member else "; whose copy is not known"
     alerted = _alert(session, now, settings, case, reported_by=reported_by, signed=signed,
                      member=member, leaks=leaks, flagged=flagged, text=text,
