@@ -222,6 +222,11 @@ def cmd_cases_export(args: argparse.Namespace) -> int:
         print(f"wrote {path} ({args.format}, {args.id})", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    if doc.get("database_specific", {}).get("state") == "embargoed" or (
+            args.format == "csaf" and doc.get("document", {}).get("tracking", {})
+            .get("status") == "draft"):
+        print(f"note: {args.id} is not public yet: keep this {args.format} document private "
+              "until its disclosure", file=sys.stderr)
     if args.format == "osv" and not settings.project.ecosystem:
         print("note: project.ecosystem is not set, so the OSV record names no package; set it "
               "(e.g. \"Go\", \"PyPI\") so scanners can match the record", file=sys.stderr)
@@ -233,14 +238,23 @@ def _attachments(paths: list[str] | None) -> tuple[Any, ...]:
     import mimetypes
 
     from seclistd.mail.compose import Attachment
+    from seclistd.workflows.announce import MAX_ATTACHMENT_BYTES
 
     out = []
+    total = 0
     for name in paths or []:
         path = Path(name)
         try:
-            if not path.is_file():
-                raise CliError(f"--attach {name}: not a file, expected the path of a file "
+            if not path.exists():
+                raise CliError(f"--attach {name}: no such file, expected the path of a file "
                                "to send with the notice (a patch)")
+            if not path.is_file():
+                raise CliError(f"--attach {name}: not a regular file, expected the path of a "
+                               "file to send with the notice (a patch)")
+            total += path.stat().st_size  # judged before anything is read
+            if total > MAX_ATTACHMENT_BYTES:
+                raise CliError(f"--attach {name}: the files come to more than "
+                               f"{MAX_ATTACHMENT_BYTES} bytes, expected at most that in all")
             data = path.read_bytes()
         except OSError as exc:
             raise CliError(f"--attach {name}: cannot read it ({exc.strerror}), expected a "
@@ -299,6 +313,9 @@ def cmd_case_action(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     for warning in doc.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
+    if args.action == "embargo" and text.strip():
+        print("note: the notice's text also becomes the public advisory's details at "
+              "disclosure: keep what is for the list only out of it", file=sys.stderr)
     emit(args, doc, lambda d: f"{d['id']}: {d['action']}: {d['from_state']} -> "
                               f"{d['to_state']}" + (f" ({d['detail'].splitlines()[0]})"
                                                      if d["detail"] else ""))
