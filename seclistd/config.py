@@ -4,7 +4,9 @@ This module is the only reader of the configuration file. Every key of DESIGN.md
 known here, with its type, default and check; `load()` collects *every* problem before it
 gives up and reports each as ``file: section.key: what is wrong, what is expected``.
 Secrets may be given inline or as ``*_file`` (a path; a relative path is looked up in
-``$CREDENTIALS_DIRECTORY`` first, so systemd credentials work as they are).
+``$CREDENTIALS_DIRECTORY`` first, as itself or with ``/`` made ``_`` as systemd names the
+files of a directory credential, so systemd credentials work as they are). The database URL
+is one of them too (``database.url_file``): a PostgreSQL URL may hold a password.
 
 Relative paths in the file (the SQLite database of ``database.url``, ``gnupg.home``,
 ``relay.maildir``, ``templates.dir`` and every ``*_file``) are relative to the file's own
@@ -65,7 +67,8 @@ class ProjectSettings:
 
 @dataclass(frozen=True)
 class DatabaseSettings:
-    url: str = "sqlite:////var/lib/seclistd/seclistd.db"
+    # It may hold a password (database.url_file): kept out of repr() like the other secrets.
+    url: str = field(default="sqlite:////var/lib/seclistd/seclistd.db", repr=False)
 
 
 @dataclass(frozen=True)
@@ -525,18 +528,55 @@ class _Reader:
             self.problem(f"{section}.{key}_file", "is not a string, expected a file path")
             return ""
         resolved = Path(path)
-        creds = os.environ.get("CREDENTIALS_DIRECTORY")
         if not resolved.is_absolute():
-            if creds and (Path(creds) / path).exists():
-                resolved = Path(creds) / path
-            else:
-                resolved = self.base / path
+            resolved = credential_path(path) or self.base / path
         try:
             return resolved.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
             self.problem(f"{section}.{key}_file",
                          f"cannot read {path} ({exc.strerror}), expected a readable file")
             return ""
+
+
+def credential_path(name: str) -> Path | None:
+    """The systemd credential for the relative path ``name``, if the service has one.
+
+    ``$CREDENTIALS_DIRECTORY/name`` itself (``LoadCredential=imap-password:FILE``), else the
+    name systemd gives a file of a directory loaded whole: with
+    ``LoadCredential=credentials:/etc/seclistd/credentials`` the file ``imap-password`` in it
+    is the credential ``credentials_imap-password``, so ``credentials/imap-password`` (the
+    same file, relative to the config's directory, when a command is run by hand) finds it.
+    """
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not creds:
+        return None
+    for candidate in (name, name.replace("/", "_")):
+        path = Path(creds) / candidate
+        if ".." not in Path(candidate).parts and path.is_file():
+            return path
+    return None
+
+
+def _database_url(r: _Reader, raw: Any) -> Any:
+    """``[database]`` with ``url_file`` read into ``url``: a PostgreSQL URL holding a
+    password can then be a credential like the other secrets."""
+    if not isinstance(raw, dict) or "url_file" not in raw:
+        return raw
+    raw = dict(raw)
+    if "url" in raw:
+        r.problem("database.url", "both url and url_file are set, expected one")
+        raw.pop("url_file")
+        return raw
+    url = r.secret("database", "url", {"url_file": raw.pop("url_file")}).strip()
+    if url and _db_url(url):  # never quote it: it may hold a password
+        r.problem("database.url_file", "does not hold a database URL, expected one line "
+                  "such as postgresql://seclistd:PASSWORD@db.example.org/seclistd")
+    elif url:
+        raw["url"] = url
+    elif not any(p.startswith(f"{r.path}: database.url_file:") for p in r.problems):
+        r.problem("database.url_file", "is an empty file, expected a file holding the "
+                  "database URL, e.g. postgresql://seclistd:PASSWORD@db.example.org/seclistd")
+    return raw
 
 
 def _team_members(r: _Reader, raw: Any) -> tuple[TeamMember, ...]:
@@ -662,7 +702,9 @@ def parse(path: str, text: str) -> Settings:
     for name in data:
         if name not in known:
             r.problem(name, "unknown section, expected one of " + ", ".join(sorted(known)))
-    v = {name: r.section(name, data.get(name), schema) for name, schema in SCHEMA.items()}
+    raw_sections = {**data, "database": _database_url(r, data.get("database"))}
+    v = {name: r.section(name, raw_sections.get(name), schema)
+         for name, schema in SCHEMA.items()}
 
     imap = v["imap"]
     if imap["enabled"]:

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("name", ["seclistd.dev.toml", "seclistd.example.toml"])
 def test_shipped_configs_are_valid(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    # The example reads its passwords from systemd credentials.
-    for secret in ("imap-password", "relay-password"):
+    # The example reads its passwords from systemd credentials, named as the shipped unit's
+    # LoadCredential=credentials:/etc/seclistd/credentials names the files of that directory.
+    for secret in ("credentials_imap-password", "credentials_relay-password"):
         (tmp_path / secret).write_text("x\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     settings = config.load(str(ROOT / "config" / name))
@@ -144,3 +145,56 @@ quarantine_digest_after = true
                for line in lines)
     assert any(line.startswith(f"{path}: autoreply.quarantine_digest_after: True is not")
                for line in lines)
+
+
+def _db_config(tmp_path: Path, database: str) -> Path:
+    path = tmp_path / "seclistd.toml"
+    path.write_text(f"""
+[project]
+name = "X"
+security_address = "security@example.org"
+[database]
+{database}
+[imap]
+enabled = false
+""")
+    return path
+
+
+def test_database_url_from_a_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """database.url_file: a PostgreSQL URL with its password is a secret like the others:
+    a systemd credential in the service, the file beside the config when run by hand."""
+    url = "postgresql://seclistd:pa55w0rd@db.example.org/seclistd"
+    (tmp_path / "credentials").mkdir()
+    (tmp_path / "credentials" / "database-url").write_text(url + "\n")
+    path = _db_config(tmp_path, 'url_file = "credentials/database-url"')
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert config.load(str(path)).database.url == url
+
+    creds = tmp_path / "run-creds"
+    creds.mkdir()
+    (creds / "credentials_database-url").write_text(url.replace("db.", "db2.") + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    settings = config.load(str(path))
+    assert settings.database.url == url.replace("db.", "db2.")
+    assert "pa55w0rd" not in repr(settings)
+
+
+@pytest.mark.parametrize(("database", "content", "problem"), [
+    ('url = "sqlite:///x.db"\nurl_file = "db-url"', "postgresql://u@h/d",
+     "database.url: both url and url_file are set, expected one"),
+    ('url_file = "missing-url"', None, "database.url_file: cannot read missing-url"),
+    ('url_file = "db-url"', "\n", "database.url_file: is an empty file, expected a file"),
+    ('url_file = "db-url"', "mysql://u:hunter2@h/d",
+     "database.url_file: does not hold a database URL, expected one line such as"),
+])
+def test_database_url_file_problems(tmp_path: Path, database: str, content: str | None,
+                                    problem: str):
+    if content is not None:
+        (tmp_path / "db-url").write_text(content)
+    done = cli(_db_config(tmp_path, database), "check-config")
+    assert done.returncode == 2
+    assert problem in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "hunter2" not in done.stderr  # a bad URL in a secret file is never quoted
+    assert "Traceback" not in done.stderr

@@ -21,7 +21,7 @@ def test_systemd_unit_is_hardened():
                           str(ROOT / "systemd" / "seclistd.service")],
                          capture_output=True, text=True).stdout
     score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out).group(1))
-    assert score <= 2.0, out[-2000:]
+    assert score <= 1.5, out[-2000:]  # issue 11: at most 1.5 (1.1 today)
 
 
 def test_every_module_has_a_docstring():
