@@ -1,6 +1,6 @@
 """The `seclistd` command line: the parser, assembled from one module per noun
 (`system`, `cases`, `outbox`, `quarantine`, `keys`, `members`,
-`requests`), and `main`, which runs one command
+`requests`, `backup`), and `main`, which runs one command
 and turns every failure into one line on stderr and the documented exit code.
 
 No command prints a traceback. A closed standard output (`seclistd cases show ID | head -1`)
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from seclistd import config as config_mod
-from seclistd.cli import cases, keys, members, outbox, quarantine, requests, system
+from seclistd.cli import backup, cases, keys, members, outbox, quarantine, requests, system
 from seclistd.cli.common import (
     EXIT_FAILED,
     LOG_LEVELS,
@@ -74,7 +74,7 @@ def build_parser() -> Parser:
         p.set_defaults(func=func)
         return p
 
-    for noun in (system, cases, outbox, quarantine, keys, members, requests):
+    for noun in (system, cases, outbox, quarantine, keys, members, requests, backup):
         noun.register(sub, add, [common])
     _describe(parser)
     return parser
