@@ -23,7 +23,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from seclistd import relay, scheduler
+from seclistd import heartbeat, relay, scheduler
 from seclistd.config import Settings
 from seclistd.db import make_engine, session_factory, transaction
 from seclistd.errors import trace
@@ -203,10 +203,12 @@ class Daemon:
         with transaction(self.factory) as session:
             relay.release_dead_leases(session)
         sweeps = scheduler.start(self.factory, self.clock, self.settings)
+        intake = None
         if self.settings.imap.enabled:
             intake = imap.ImapIntake(self.settings, self.engine, self.factory, self.clock,
                                      self.stop, self.wake.set)
             self._thread("imap", intake.run)
+        beats = heartbeat.Heartbeat(self.factory, self.clock, intake and intake.lock)
         self._thread("relay", self._relay_loop)
         sd_notify("READY=1")
         # The watchdog starts only now: systemd must hear READY before the first WATCHDOG.
@@ -214,8 +216,9 @@ class Daemon:
         if watchdog_usec.isdigit():
             self._thread("watchdog", lambda: self._watchdog(int(watchdog_usec) / 2e6))
         log.info("seclistd running")
+        beats.tick()
         while not self.stop.wait(1.0):
-            pass
+            beats.tick()
         sd_notify("STOPPING=1")
         log.info("stopping")
         if controller is not None:
@@ -223,6 +226,7 @@ class Daemon:
         for thread in self.threads:
             thread.join(timeout=30)
         sweeps.shutdown(wait=True)
+        beats.stop()
         self.engine.dispose()
         log.info("stopped")
         return 0

@@ -43,8 +43,8 @@ def test_status_fields(env: Env):
     cli(env.path, "ingest", "-", input=report(1))
     cli(env.path, "ingest", "-", input=b"garbage\r\n")
     doc = json.loads(cli(env.path, "status", "--json").stdout)
-    assert set(doc) == {"messages_total", "quarantined", "cases_by_state", "outbox_by_status",
-                        "sla_at_risk", "last_imap_pass", "sweep_failures"}
+    assert set(doc) >= {"messages_total", "quarantined", "cases_by_state", "outbox_by_status",
+                        "sla_at_risk", "last_imap_pass", "sweep_failures"}  # + test_status.py
     assert doc["sweep_failures"] == []
     assert doc["messages_total"] == 2 and doc["quarantined"] == 1
     assert doc["cases_by_state"]["new"] == 1

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from seclistd import db, views
+from seclistd import db
 from seclistd.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -20,7 +20,6 @@ from seclistd.cli.common import (
     Parser,
     db_label,
     emit,
-    kv,
     load_settings,
     now,
     open_db,
@@ -157,9 +156,22 @@ def target(outcome: object) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """The contract's counts and the health (``seclistd.health``): a table, ``--json``, or
+    ``--format prometheus`` for node_exporter's textfile collector."""
+    from seclistd import health, status_render
+
     settings = load_settings(args)
-    doc = read(settings, views.status, now(), settings.project.tz)
-    emit(args, doc, kv)
+    if args.json and args.format not in (None, "json"):
+        raise CliError(f"--json and --format {args.format} disagree: give one of them",
+                       EXIT_USAGE)
+    at = now()
+    doc = read(settings, health.status, at, settings.project.tz)
+    if args.format == "prometheus":
+        sys.stdout.write(status_render.prometheus(doc, at))
+        return EXIT_OK
+    if args.format == "json":
+        args.json = True
+    emit(args, doc, lambda d: status_render.text(d, settings.project.tz))
     return EXIT_OK
 
 
@@ -181,4 +193,7 @@ def register(sub: Any, add: Add, parents: list[Parser]) -> None:
     add("doctor", cmd_doctor, "check database, IMAP, relay and GnuPG", sub)
     p = add("ingest", cmd_ingest, "feed raw messages (files, or - for stdin)", sub)
     p.add_argument("files", nargs="+", metavar="FILE")
-    add("status", cmd_status, "counts and health", sub)
+    p = add("status", cmd_status, "counts and health", sub)
+    p.add_argument("--format", choices=("text", "json", "prometheus"), default=None,
+                   help="text (default), json (as --json), or prometheus (the textfile "
+                        "collector's format)")
