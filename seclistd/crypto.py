@@ -358,6 +358,16 @@ class Keyring:
         return next((validity_of(k) for k in listed
                      if str(k.get("fingerprint", "")).upper() == fingerprint), None)
 
+    def validities(self, fingerprints: list[str] | tuple[str, ...]) -> dict[str, KeyValidity]:
+        """``validity`` of many keys in one gpg call, by upper-case fingerprint; a key
+        neither keyring holds is absent."""
+        wanted = sorted({f.upper() for f in fingerprints if f})
+        if not wanted:
+            return {}
+        listed = self.gpg.list_keys(keys=wanted)
+        return {str(k["fingerprint"]).upper(): validity_of(k) for k in listed
+                if str(k.get("fingerprint", "")).upper() in wanted}
+
     # -- the offered keyring ---------------------------------------------------------------
 
     @staticmethod

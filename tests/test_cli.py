@@ -103,13 +103,13 @@ def test_unmigrated_database_says_run_migrate(tmp_path: Path):
 def test_doctor_reports_each_check(tmp_path: Path, sink: Sink):
     env = make_env(tmp_path, relay_port=sink.port)
     done = cli(env.path, "doctor", "--json")
-    results = {r["check"]: r for r in json.loads(done.stdout)}
-    assert results["database"]["ok"] and results["relay"]["ok"] and results["imap"]["ok"]
+    results = {r["name"]: r for r in json.loads(done.stdout)}
+    assert {results[n]["status"] for n in ("database", "relay", "imap")} == {"ok"}
     # No GnuPG home yet: the one command that makes the check pass.
-    assert not results["gnupg"]["ok"]
-    assert f"seclistd --config {env.path} keys generate" in results["gnupg"]["detail"]
+    assert results["project_key"]["status"] == "fail"
+    assert f"seclistd --config {env.path} keys generate" in results["project_key"]["fix"]
     assert done.returncode == 1
     sink.stop()
     down = json.loads(cli(env.path, "doctor", "--json").stdout)
-    relay = next(r for r in down if r["check"] == "relay")
-    assert not relay["ok"] and "check relay.host" in relay["detail"]
+    relay = next(r for r in down if r["name"] == "relay")
+    assert relay["status"] == "fail" and "check relay.host" in relay["fix"]

@@ -560,8 +560,8 @@ def test_ids_too_large_and_read_only_commands_that_would_create(env: Env, tmp_pa
     (tmp_path / "fresh").mkdir()
     missing = write_config(tmp_path / "fresh")
     doctor = json.loads(cli(missing, "--json", "doctor").stdout)
-    database = next(r for r in doctor if r["check"] == "database")
-    assert not database["ok"] and "run `seclistd migrate`" in database["detail"]
+    database = next(r for r in doctor if r["name"] == "database")
+    assert database["status"] == "fail" and "run `seclistd migrate`" in database["fix"]
     assert not (tmp_path / "fresh" / "seclistd.db").exists()
 
 

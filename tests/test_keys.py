@@ -305,9 +305,9 @@ def test_finding_armored_blocks_is_linear():
 def test_keys_generate_then_export_doctor_and_an_encrypted_report_with_no_config_edit(
         env: Env, project: Home, others: list[Home], sink: Sink):
     before = run(env, "--json", "doctor")
-    [gnupg_before] = [c for c in json.loads(before.stdout) if c["check"] == "gnupg"]
-    assert not gnupg_before["ok"]
-    assert f"seclistd --config {env.path} keys generate" in gnupg_before["detail"]
+    [gnupg_before] = [c for c in json.loads(before.stdout) if c["name"] == "project_key"]
+    assert gnupg_before["status"] == "fail"
+    assert f"seclistd --config {env.path} keys generate" in gnupg_before["fix"]
 
     generated = run(env, "--json", "keys", "generate")
     assert generated.returncode == 0, generated.stderr
@@ -317,8 +317,8 @@ def test_keys_generate_then_export_doctor_and_an_encrypted_report_with_no_config
     exported = run(env, "keys", "export")
     assert exported.returncode == 0, exported.stderr
     doctor = run(env, "--json", "doctor")
-    [gnupg_check] = [c for c in json.loads(doctor.stdout) if c["check"] == "gnupg"]
-    assert gnupg_check["ok"] and ours in gnupg_check["detail"], gnupg_check
+    [gnupg_check] = [c for c in json.loads(doctor.stdout) if c["name"] == "project_key"]
+    assert gnupg_check["status"] == "ok" and ours in gnupg_check["detail"], gnupg_check
 
     reporter, reporter_fpr = stranger(others, "Rita Reporter", REPORTER)
     reporter.gpg.import_keys(exported.stdout)

@@ -196,8 +196,9 @@ def test_doctor_creates_no_maildir_and_the_relay_fills_an_empty_one(tmp_path: Pa
     env = make_env(tmp_path)  # no relay port: maildir at tmp_path/outgoing
     outgoing = tmp_path / "outgoing"
     doctor = cli(env.path, "--json", "doctor")
-    relay_check = next(r for r in json.loads(doctor.stdout) if r["check"] == "relay")
-    assert relay_check["ok"] and "created at the first delivery" in relay_check["detail"]
+    relay_check = next(r for r in json.loads(doctor.stdout) if r["name"] == "relay")
+    assert relay_check["status"] == "ok"
+    assert "created at the first delivery" in relay_check["detail"]
     assert not outgoing.exists()  # a read-only command wrote nothing
     outgoing.mkdir()  # an operator made it by hand, empty
     accept(env.factory, env.settings, report(1), source="ingest", now=T0)

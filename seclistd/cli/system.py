@@ -176,12 +176,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    """Every check as {name, status: ok|warn|fail, detail, fix}; exit 1 if any fails, 2 when
+    the config itself does not load (nothing else can be checked then)."""
+    from seclistd import config as config_mod
     from seclistd import doctor
 
-    settings = load_settings(args)
-    results = doctor.run_checks(settings)
-    emit(args, [r.as_dict() for r in results], lambda rows: "\n".join(
-        f"{'ok  ' if r['ok'] else 'FAIL'} {r['check']}: {r['detail']}" for r in rows))
+    path = config_mod.resolve_path(args.config)
+    try:
+        settings = config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        results = [doctor.config_failure(path, exc.problems)]
+        emit(args, [r.as_dict() for r in results], lambda _: doctor.text(results))
+        return EXIT_USAGE
+    results = doctor.run_checks(settings, now())
+    emit(args, [r.as_dict() for r in results], lambda _: doctor.text(results))
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
@@ -190,7 +198,7 @@ def register(sub: Any, add: Add, parents: list[Parser]) -> None:
     p.add_argument("--once", action="store_true", help="drain what is waiting, then exit")
     add("migrate", cmd_migrate, "create or upgrade the database", sub)
     add("check-config", cmd_check_config, "validate the config file", sub)
-    add("doctor", cmd_doctor, "check database, IMAP, relay and GnuPG", sub)
+    add("doctor", cmd_doctor, "check config, database, IMAP, relay, GnuPG and keys", sub)
     p = add("ingest", cmd_ingest, "feed raw messages (files, or - for stdin)", sub)
     p.add_argument("files", nargs="+", metavar="FILE")
     p = add("status", cmd_status, "counts and health", sub)
