@@ -36,13 +36,14 @@ def busy(tmp_path: Path, sink: Sink) -> Env:
     (one suspended, one whose key check fails), a join request whose expiry fails, and the
     heartbeats of a running and of a dead daemon."""
     env = make_env(tmp_path, relay_port=sink.port, extra=LISTS)
-    for i in (1, 2, 3):
-        assert cli(env.path, "ingest", "-", input=report(i), at=T).returncode == 0
+    for i in (1, 2, 3):  # a second apart: each CLI child's clock starts at its `at`
+        assert cli(env.path, "ingest", "-", input=report(i),
+                   at=T + dt.timedelta(seconds=i - 1)).returncode == 0
     for email in ("a@vendor-a.example", "b@vendor-b.example", "c@vendor-c.example"):
         assert cli(env.path, "members", "add", email, "--organization", "Vendor",
-                   at=T).returncode == 0
+                   at=T + dt.timedelta(seconds=10)).returncode == 0
     assert cli(env.path, "members", "suspend", "b@vendor-b.example", "--reason", "bounces",
-               at=T).returncode == 0
+               at=T + dt.timedelta(seconds=20)).returncode == 0
     with transaction(env.factory) as s:
         first = s.get(Case, case_id(1))
         first.sweep_error, first.sweep_failures = "DatabaseError in reminders.sweep", 1
