@@ -314,7 +314,8 @@ def _prefix(v: Any) -> str | None:
 
 def _db_url(v: Any) -> str | None:
     if not isinstance(v, str) or not re.match(r"^(sqlite|postgresql)(\+\w+)?://", v):
-        return (f"{v!r} is not a database URL, expected sqlite:///PATH or "
+        # Never echoed: a URL may hold a password, and a reload's refusal goes to the log.
+        return ("is not a database URL, expected sqlite:///PATH or "
                 "postgresql://user@host/db")
     return None
 

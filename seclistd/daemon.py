@@ -3,12 +3,17 @@
 Threads: the IMAP intake (one client, its own thread), the aiosmtpd listener (its own event
 loop thread), the relay loop (woken at once when new mail is committed, otherwise every few
 seconds for retries) and the APScheduler sweeps. SIGTERM/SIGINT set one stop event: the
-intake finishes the message in hand, the listener stops accepting, the relay gives back
-unsent leases, and the process exits 0. ``sd_notify`` sends READY, WATCHDOG and STOPPING.
+intake finishes the message in hand, the listener stops accepting connections and answers
+421 to a new transaction while those under way end (each answered after its commit, for up
+to ``limits.processing_seconds`` plus a margin), the relay gives back unsent leases, and the
+process exits 0. SIGHUP reloads the configuration (``seclistd.reload``: what it changes and
+what needs a restart) without closing a socket or a connection; the loops read the live
+settings for each piece of work. ``sd_notify`` sends READY, WATCHDOG, RELOADING and STOPPING.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import errno
@@ -17,6 +22,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from aiosmtpd.controller import Controller
@@ -29,10 +35,12 @@ from seclistd.db import make_engine, session_factory, transaction
 from seclistd.errors import trace
 from seclistd.intake import imap
 from seclistd.intake.listener import Handler, make_controller
+from seclistd.reload import LiveSettings
 
 log = logging.getLogger(__name__)
 
 RELAY_POLL = 5.0
+DRAIN_MARGIN = 5.0  # seconds beyond limits.processing_seconds for transactions under way
 
 
 class StartupError(Exception):
@@ -134,17 +142,38 @@ class Daemon:
     def __init__(self, settings: Settings, engine: Engine | None = None,
                  clock: Callable[[], dt.datetime] = utcnow,
                  stop: threading.Event | None = None):
-        self.settings = settings
+        self.live = LiveSettings(settings)
         self.engine = engine or make_engine(settings.database.url)
         self.factory = session_factory(self.engine)
         self.clock = clock
         self.stop = stop or threading.Event()
         self.wake = threading.Event()
+        self.tick = threading.Event()  # wakes the main loop: a stop or a reload
+        self.hup = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.handler: Handler | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """The live settings (the last valid ones SIGHUP loaded)."""
+        return self.live.current
 
     def request_stop(self, *_args: object) -> None:
         self.stop.set()
         self.wake.set()
+        self.tick.set()
+
+    def request_reload(self, *_args: object) -> None:
+        # Only flags: the main loop reloads (a signal handler must not take the log's lock).
+        self.hup.set()
+        self.tick.set()
+
+    def reload(self) -> None:
+        self.hup.clear()
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        if self.live.reload():
+            self.wake.set()  # the relay and notices may have new work (a new team member)
+        sd_notify("READY=1")
 
     def _relay_loop(self) -> None:
         transport = relay.make_transport(self.settings.relay)
@@ -175,7 +204,9 @@ class Daemon:
         lst = self.settings.listener
         if not lst.enabled:
             return None
-        handler = Handler(self.settings, self.factory, self.clock, self.wake.set)
+        handler = Handler(self.settings, self.factory, self.clock, self.wake.set,
+                          current=self.live)
+        self.handler = handler
         controller = make_controller(self.settings, handler)
         try:
             # aiosmtpd reports a failed bind only after its ready timeout: ask first.
@@ -194,19 +225,49 @@ class Daemon:
         log.info("listening for %s on %s:%s", lst.protocol.upper(), lst.host, lst.port)
         return controller
 
+    def _drain_listener(self, controller: Controller) -> None:
+        """Stop accepting, then wait (bounded) for transactions under way to be answered."""
+        handler = self.handler
+        loop = getattr(controller, "loop", None)
+        server = getattr(controller, "server", None)
+        if handler is None or loop is None or not loop.is_running():
+            return
+        handler.closing = True
+        if server is not None:
+            loop.call_soon_threadsafe(server.close)
+
+        async def busy() -> int:
+            return handler.busy()
+
+        deadline = time.monotonic() + self.settings.limits.processing_seconds + DRAIN_MARGIN
+        pause = threading.Event()  # never set: a timed wait (time.sleep fails under faketime)
+        while time.monotonic() < deadline:
+            try:
+                left = asyncio.run_coroutine_threadsafe(busy(), loop).result(timeout=5)
+            except Exception:  # noqa: BLE001 - the loop is gone: nothing left to wait for
+                return
+            if not left:
+                return
+            pause.wait(0.05)
+        log.warning("stopped with %d SMTP/LMTP transactions unfinished; their clients "
+                    "keep the messages and retry", len(handler.sessions))
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        # SIGHUP only sets a flag the main loop reads: safe from the first moment (its
+        # default action would end the daemon).
+        signal.signal(signal.SIGHUP, self.request_reload)
         # The listener first: when its address is taken (another seclistd runs), nothing
         # else has started and the process ends with one line.
         controller = self._start_listener()
         with transaction(self.factory) as session:
             relay.release_dead_leases(session)
-        sweeps = scheduler.start(self.factory, self.clock, self.settings)
+        sweeps = scheduler.start(self.factory, self.clock, self.settings, current=self.live)
         intake = None
         if self.settings.imap.enabled:
             intake = imap.ImapIntake(self.settings, self.engine, self.factory, self.clock,
-                                     self.stop, self.wake.set)
+                                     self.stop, self.wake.set, current=self.live)
             self._thread("imap", intake.run)
         beats = heartbeat.Heartbeat(self.factory, self.clock, intake and intake.lock)
         self._thread("relay", self._relay_loop)
@@ -217,11 +278,16 @@ class Daemon:
             self._thread("watchdog", lambda: self._watchdog(int(watchdog_usec) / 2e6))
         log.info("seclistd running")
         beats.tick()
-        while not self.stop.wait(1.0):
+        while not self.stop.is_set():
+            self.tick.wait(1.0)
+            self.tick.clear()
             beats.tick()
+            if self.hup.is_set() and not self.stop.is_set():
+                self.reload()
         sd_notify("STOPPING=1")
         log.info("stopping")
         if controller is not None:
+            self._drain_listener(controller)
             controller.stop()
         for thread in self.threads:
             thread.join(timeout=30)

@@ -77,16 +77,23 @@ def sweep_once(factory: sessionmaker[Session], clock: Callable[[], dt.datetime],
         run_sweep(factory, clock, settings, sweep)
 
 
+def run_live_sweep(factory: sessionmaker[Session], clock: Callable[[], dt.datetime],
+                   current: Callable[[], Settings], sweep: Sweep) -> int:
+    """``run_sweep`` with the settings of the moment (the daemon's, swapped on SIGHUP)."""
+    return run_sweep(factory, clock, current(), sweep)
+
+
 def start(factory: sessionmaker[Session], clock: Callable[[], dt.datetime],
-          settings: Settings) -> Any:
+          settings: Settings, current: Callable[[], Settings] | None = None) -> Any:
     """A started BackgroundScheduler running every sweep (imported here: only the daemon
-    needs APScheduler)."""
+    needs APScheduler); with ``current``, each run reads the settings it returns."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
     scheduler = BackgroundScheduler(job_defaults={
         "misfire_grace_time": 1, "coalesce": True, "max_instances": 1}, timezone=dt.UTC)
     for name, (sweep, interval) in SWEEPS.items():
-        scheduler.add_job(run_sweep, "interval", seconds=interval, id=name,
-                          args=(factory, clock, settings, sweep), next_run_time=clock())
+        live = current if current is not None else (lambda: settings)
+        scheduler.add_job(run_live_sweep, "interval", seconds=interval, id=name,
+                          args=(factory, clock, live, sweep), next_run_time=clock())
     scheduler.start()
     return scheduler

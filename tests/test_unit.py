@@ -32,6 +32,10 @@ def install_root(tmp_path: Path, *, binary: bool = True) -> Path:
     shutil.copy(UNIT, root / "etc/systemd/system/seclistd.service")
     (root / "etc/seclistd/credentials").mkdir(parents=True)
     shutil.copy(ROOT / "config/seclistd.example.toml", root / "etc/seclistd/seclistd.toml")
+    # ExecReload's /bin/kill, as Debian ships it (procps).
+    kill = root / "bin/kill"
+    kill.parent.mkdir(parents=True)
+    shutil.copy("/bin/kill", kill)
     if binary:
         script = root / "opt/seclistd/bin/seclistd"
         script.parent.mkdir(parents=True)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from seclistd import backup as backup_mod
 from seclistd.cli.common import EXIT_OK, Add, CliError, Parser, emit, load_settings, now
 
 
@@ -26,8 +25,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     dest = Path(args.dir)
     try:
-        manifest = backup_mod.backup(settings, dest, now(), _progress, _version())
-    except backup_mod.BackupError as exc:
+        manifest = _backup_module().backup(settings, dest, now(), _progress, _version())
+    except _backup_module().BackupError as exc:
         raise CliError(str(exc), exc.code) from exc
     doc = {"directory": str(dest.absolute()), **manifest}
 
@@ -46,8 +45,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     try:
-        done = backup_mod.restore(settings, Path(args.dir), args.force, _progress)
-    except backup_mod.BackupError as exc:
+        done = _backup_module().restore(settings, Path(args.dir), args.force, _progress)
+    except _backup_module().BackupError as exc:
         raise CliError(str(exc), exc.code) from exc
     doc = {"directory": str(Path(args.dir).absolute()), "created_at": done.created_at,
            "database": {"url": done.database, "kind": done.kind,
@@ -88,3 +87,11 @@ def register(sub: Any, add: Add, parents: list[Parser]) -> None:
     p.add_argument("dir", metavar="DIR", help="a directory `seclistd backup` wrote")
     p.add_argument("--force", action="store_true",
                    help="replace a database or GnuPG home that already holds data")
+
+
+def _backup_module() -> Any:
+    """``seclistd.backup``, imported when a backup or restore runs: it loads sqlite3 and
+    tarfile, which no other command (the daemon least of all) should pay for at start-up."""
+    from seclistd import backup
+
+    return backup

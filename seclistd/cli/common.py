@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from seclistd import config as config_mod
 from seclistd import db
+from seclistd.errors import trace
 
 log = logging.getLogger("seclistd")
 
@@ -33,7 +34,8 @@ class CliError(Exception):
 
 
 class JournalFormatter(logging.Formatter):
-    """`<N>name: message` under journald (it reads the priority prefix), else a timestamp."""
+    """`<N>name: message` under journald (it reads the priority prefix: sd-daemon(3)), one
+    prefix per line, no timestamp (journald adds its own); elsewhere a timestamp."""
 
     PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
                 logging.CRITICAL: 2}
@@ -41,6 +43,11 @@ class JournalFormatter(logging.Formatter):
     def __init__(self, journal: bool):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.journal = journal
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        """Frames and exception types only: an exception's text may quote mail content or
+        a secret (``errors.trace``), whoever logs it with ``exc_info``."""
+        return trace(ei[1]) if ei and ei[1] is not None else ""
 
     def format(self, record: logging.LogRecord) -> str:
         if not self.journal:

@@ -234,14 +234,22 @@ class ImapIntake:
 
     def __init__(self, settings: Settings, engine: Engine, factory: sessionmaker[Session],
                  clock: Callable[[], dt.datetime], stop: threading.Event,
-                 on_commit: Callable[[], None] = lambda: None):
-        self.settings = settings
+                 on_commit: Callable[[], None] = lambda: None,
+                 current: Callable[[], Settings] | None = None):
+        # ``current``: the daemon's live settings, read for each pass (SIGHUP swaps them;
+        # the [imap] section itself only changes with a restart, the connection stays).
+        self._settings = settings
+        self._current = current
         self.factory = factory
         self.clock = clock
         self.stop = stop
         self.on_commit = on_commit
         self.lock = IntakeLock(engine)
         self.idling = threading.Event()  # set while the server may push new mail (IDLE)
+
+    @property
+    def settings(self) -> Settings:
+        return self._current() if self._current is not None else self._settings
 
     def run(self) -> None:
         s = self.settings.imap

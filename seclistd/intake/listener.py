@@ -34,23 +34,54 @@ log = logging.getLogger(__name__)
 
 
 class Handler:
+    """``current``, when given, is read for each message (the daemon's live settings, swapped
+    on SIGHUP); otherwise ``settings`` stays. Once ``closing`` is set (SIGTERM), a new
+    transaction is answered 421 and the caller waits for ``busy`` ones to end."""
+
     def __init__(self, settings: Settings, factory: sessionmaker[Session],
-                 clock: Callable[[], dt.datetime], on_commit: Callable[[], None] = lambda: None):
-        self.settings = settings
+                 clock: Callable[[], dt.datetime], on_commit: Callable[[], None] = lambda: None,
+                 current: Callable[[], Settings] | None = None):
+        self._settings = settings
+        self._current = current
         self.factory = factory
         self.clock = clock
         self.on_commit = on_commit
-        self.own = own_addresses(settings)
-        local, _, domain = settings.project.security_address.lower().rpartition("@")
-        self.detail_prefix, self.domain = f"{local}+", domain
+        self.closing = False
+        self.sessions: set[Any] = set()  # SMTP protocol objects that have started a MAIL
+
+    @property
+    def settings(self) -> Settings:
+        return self._current() if self._current is not None else self._settings
 
     def accepts(self, address: str) -> bool:
         """One of our own addresses, or the security address with a ``+detail``."""
+        settings = self.settings
         address = address.lower()
-        if address in self.own:
+        if address in own_addresses(settings):
             return True
         local, _, domain = address.rpartition("@")
-        return domain == self.domain and local.startswith(self.detail_prefix)
+        own_local, _, own_domain = settings.project.security_address.lower().rpartition("@")
+        return domain == own_domain and local.startswith(f"{own_local}+")
+
+    def busy(self) -> int:
+        """Transactions under way: a MAIL given, its DATA not yet answered, still connected
+        (read on the listener's event loop)."""
+        def open_transaction(server: Any) -> bool:
+            transport = getattr(server, "transport", None)
+            envelope = getattr(server, "envelope", None)
+            return (transport is not None and not transport.is_closing()
+                    and envelope is not None and envelope.mail_from is not None)
+        self.sessions = {s for s in self.sessions if open_transaction(s)}
+        return len(self.sessions)
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
+                          mail_options: list[str]) -> str:
+        if self.closing:
+            return "421 4.3.2 shutting down, please try again later"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        self.sessions.add(server)
+        return "250 OK"
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
