@@ -147,6 +147,8 @@ def test_three_daemons_share_the_work_and_survive_the_intake_holders_death(
     cluster.procs[holder].send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     cluster.procs[holder].wait(timeout=10)
+    unread = before + SECOND_WAVE - cluster.stored()
+    assert unread > 0  # it died in the middle of the wave: its successor finishes it
     total += SECOND_WAVE
 
     # Another daemon takes the intake within seconds (the lock's retry is 3 s).
@@ -165,6 +167,7 @@ def test_three_daemons_share_the_work_and_survive_the_intake_holders_death(
     assert dovecot.count("seclistd-processed") == BY_IMAP + SECOND_WAVE + THIRD_WAVE
     assert len(cluster.holders()) == 2  # the dead one and its successor; nobody else
     assert cluster.log(successor).count(TAKEOVER) == 1
+    assert cluster.log(successor).count("from imap: processed") >= unread + THIRD_WAVE
 
     # The database: one message and one case per report, one receipt and one team notice
     # per case, every row sent.
