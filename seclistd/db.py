@@ -24,6 +24,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_ARGS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+                   "keepalives_interval": 10, "keepalives_count": 3}
 
 
 class TicketLock:
@@ -95,7 +97,10 @@ def make_engine(url: str, create: bool = False) -> Engine:
     url = normalise_url(url)
     u = make_url(url)
     if u.get_backend_name() != "sqlite":
-        engine = create_engine(url, pool_pre_ping=True, future=True, hide_parameters=True)
+        # libpq's TCP keepalives: a connection to a server that vanished (host down, network
+        # cut) fails within about a minute instead of hanging a thread until the OS gives up.
+        engine = create_engine(url, pool_pre_ping=True, future=True, hide_parameters=True,
+                               connect_args=PG_CONNECT_ARGS)
         _guard_parameters(engine)
         return engine
     path = sqlite_file(url)

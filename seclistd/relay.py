@@ -4,8 +4,8 @@ Rows are claimed with a lease (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreS
 ``BEGIN IMMEDIATE`` write lock on SQLite), sent one by one outside any transaction, and each
 is marked sent in its own short transaction right after the server accepted it. A crash
 can therefore cause at most the one in-flight mail to go out twice, never a loss. Leases of
-a dead process on this host are released at start; others expire after
-``relay.lease_seconds``.
+a dead process on this host are released at start and by the scheduler's ``leases`` sweep;
+others expire after ``relay.lease_seconds``.
 
 Mail to be encrypted is sealed (encrypted to its one recipient's key and signed by the
 project key) by a small pool of threads, one per core, each waiting on its own gpg process,

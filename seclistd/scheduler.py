@@ -5,6 +5,10 @@ one database never double-fire (APScheduler's FAQ: processes must not share a jo
 Within a sweep each row has its own savepoint (``reminders.sweep``): one row that fails is
 recorded on itself and retried with backoff, and the rest of the sweep goes on.
 ``sweep_once`` runs every sweep once, for ``run --once``; ``start`` schedules them.
+On PostgreSQL each sweep also takes a transaction advisory lock of its own
+(``pg_try_advisory_xact_lock``): while one daemon runs a sweep, the others skip that turn,
+so a sweep's decisions that rest on more than its claimed rows (the digest's "one per hour")
+are never taken twice, and the rows themselves are claimed ``FOR UPDATE SKIP LOCKED``.
 The member sweeps do the same per member (``member_notices.each_member``): bounce warnings
 and removals (``bounces.sweep``, every 10 minutes: cheap, a query for due rows) and the key
 check (``member_keys.sweep``: one gpg call per member, so daily, and at each start).
@@ -14,9 +18,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import zlib
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from seclistd.config import Settings
@@ -35,6 +41,8 @@ from seclistd.workflows import (
 
 log = logging.getLogger(__name__)
 
+SWEEP_LOCK_CLASS = 0x5EC1  # the first key of every sweep's advisory lock (the intake's differs)
+
 Sweep = Callable[[Session, dt.datetime, Settings], int]
 
 
@@ -47,7 +55,9 @@ def sweep_leases(session: Session, now: dt.datetime, settings: Settings) -> int:
 
 # name -> (sweep, seconds between runs)
 SWEEPS: dict[str, tuple[Sweep, int]] = {
-    "leases": (sweep_leases, 60),
+    # Cheap (this host's leased rows only): often, so that the rows a killed daemon had
+    # claimed go out soon from another daemon on its host.
+    "leases": (sweep_leases, 15),
     "sla": (reminders.sweep, 60),
     # Embargoes that ended: disclose (every 20 s, so an advisory is out within the minute).
     "disclosure": (disclosure.sweep, 20),
@@ -59,10 +69,26 @@ SWEEPS: dict[str, tuple[Sweep, int]] = {
 }
 
 
+def sweep_key(sweep: Sweep) -> int:
+    """The second key of the sweep's advisory lock: stable across processes and versions."""
+    return zlib.crc32(f"{sweep.__module__}.{sweep.__name__}".encode()) & 0x7FFFFFFF
+
+
+def exclusive(session: Session, sweep: Sweep) -> bool:
+    """Take the sweep's lock for this transaction; False: another daemon runs it now."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True  # SQLite: BEGIN IMMEDIATE already makes every transaction exclusive
+    return bool(session.execute(text("SELECT pg_try_advisory_xact_lock(:c, :k)"),
+                                {"c": SWEEP_LOCK_CLASS, "k": sweep_key(sweep)}).scalar())
+
+
 def run_sweep(factory: sessionmaker[Session], clock: Callable[[], dt.datetime],
               settings: Settings, sweep: Sweep) -> int:
     try:
         with transaction(factory) as session:
+            if not exclusive(session, sweep):
+                log.debug("sweep %s runs in another daemon; skipped", sweep.__name__)
+                return 0
             return sweep(session, clock(), settings)
     except Exception as exc:  # noqa: BLE001 - one failed sweep must not stop the others
         # The error's own text may quote SQL parameters or content: its type and frames only.

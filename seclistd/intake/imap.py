@@ -13,7 +13,9 @@ server changes UIDVALIDITY the content hash still recognises what was stored.
 
 Connections use read timeouts; IDLE is re-issued at least every ``poll_interval`` seconds
 (and never held longer than 25 minutes); any error drops the connection and reconnects with
-exponential backoff. On PostgreSQL only one daemon at a time holds the intake (advisory lock).
+exponential backoff. On PostgreSQL only one daemon at a time holds the intake (an advisory
+lock on a connection of its own, see ``IntakeLock``); the others try to take it every few
+seconds, so one of them takes over within seconds when the holder dies.
 No string taken from a message is ever put into an IMAP command.
 """
 
@@ -44,6 +46,7 @@ CHUNK = 25
 FETCH_BUDGET = 32 * 1024 * 1024  # bytes of message bodies asked for in one FETCH
 MAX_IDLE = 25 * 60
 ADVISORY_LOCK_KEY = 0x5EC1157D
+LOCK_CHECK = 5.0  # seconds between the holder's checks that it still holds the intake lock
 
 
 def connect(s: ImapSettings) -> IMAPClient:
@@ -202,31 +205,100 @@ def known_uids(session: Session, folder: str, uidvalidity: int, uids: list[int]
     return {uid: status for uid, status in rows}
 
 
+class LostLock(Exception):
+    """The connection that held the intake lock is gone: another daemon may hold it now."""
+
+
 class IntakeLock:
-    """On PostgreSQL, a session advisory lock so that one daemon at a time reads IMAP."""
+    """On PostgreSQL, a session advisory lock so that one daemon at a time reads IMAP.
+
+    The lock lives on a connection of its own, in autocommit (never idle in a transaction),
+    with TCP keepalives on the server's side: when the holder dies, PostgreSQL ends its
+    session and the lock with it (at once when the process is killed, since its socket is
+    closed; within about ``KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT`` seconds
+    when its host or the network goes), and a standby takes it at its next try
+    (every ``RETRY`` seconds). ``held`` tells the holder whether it still has it.
+    """
+
+    RETRY = 3.0  # seconds between a standby's tries
+    KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
 
     def __init__(self, engine: Engine):
         self.engine = engine
         self.conn: Connection | None = None
 
+    @property
+    def shared(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def _connect(self) -> Connection:
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            for name, value in (("tcp_keepalives_idle", self.KEEPALIVE_IDLE),
+                                ("tcp_keepalives_interval", self.KEEPALIVE_INTERVAL),
+                                ("tcp_keepalives_count", self.KEEPALIVE_COUNT)):
+                conn.execute(text(f"SET {name} = {int(value)}"))
+        except Exception:
+            self._drop(conn)
+            raise
+        return conn
+
+    def _drop(self, conn: Connection | None) -> None:
+        """Close a connection that may be broken; it never goes back to the pool."""
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):
+            conn.invalidate()
+        with contextlib.suppress(Exception):
+            conn.close()
+        if conn is self.conn:
+            self.conn = None
+
     def acquire(self) -> bool:
-        if self.engine.dialect.name != "postgresql":
+        """Take the lock if nobody holds it (True: we hold it now, or held it already)."""
+        if not self.shared:
+            return True
+        if self.conn is not None and self.held():
+            return True
+        self._drop(self.conn)
+        self.conn = self._connect()
+        try:
+            got = bool(self.conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                                         {"k": ADVISORY_LOCK_KEY}).scalar())
+        except Exception:
+            self._drop(self.conn)
+            raise
+        if not got:
+            self._drop(self.conn)  # a standby keeps no connection open between tries
+        return got
+
+    def held(self) -> bool:
+        """Whether our lock connection is alive and holds the lock."""
+        if not self.shared:
             return True
         if self.conn is None:
-            self.conn = self.engine.connect()
-        got = bool(self.conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
-                                     {"k": ADVISORY_LOCK_KEY}).scalar())
-        self.conn.commit()
-        return got
+            return False
+        try:
+            return bool(self.conn.execute(text(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid = pg_backend_pid() AND granted AND objid = :lo AND classid = :hi)"),
+                {"lo": ADVISORY_LOCK_KEY & 0xFFFFFFFF, "hi": ADVISORY_LOCK_KEY >> 32}).scalar())
+        except Exception:  # noqa: BLE001 - a broken connection holds nothing
+            self._drop(self.conn)
+            return False
+
+    def check(self) -> None:
+        """Raise ``LostLock`` unless we still hold the lock."""
+        if not self.held():
+            raise LostLock("the intake lock's database connection was lost")
 
     def release(self) -> None:
         if self.conn is not None:
             try:
-                self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
-                self.conn.commit()
+                with contextlib.suppress(Exception):
+                    self.conn.execute(text("SELECT pg_advisory_unlock_all()"))
             finally:
-                self.conn.close()
-                self.conn = None
+                self._drop(self.conn)
 
 
 class ImapIntake:
@@ -254,15 +326,28 @@ class ImapIntake:
     def run(self) -> None:
         s = self.settings.imap
         delay = 1.0
+        standing_by = holding = False
         while not self.stop.is_set():
             try:
                 if not self.lock.acquire():
-                    log.info("another daemon holds the IMAP intake; standing by")
-                    self.stop.wait(s.poll_interval)
+                    if not standing_by:
+                        log.info("another daemon holds the IMAP intake; standing by (trying "
+                                 "again every %.0fs)", self.lock.RETRY)
+                        standing_by = True
+                    holding = False
+                    self.stop.wait(self.lock.RETRY)
                     continue
+                if self.lock.shared and not holding:
+                    log.info("IMAP intake lock taken: this daemon reads %s", s.folder)
+                standing_by, holding = False, True
                 self._session()
                 delay = 1.0
+            except LostLock as exc:
+                log.warning("IMAP intake: %s; standing by", exc)
+                self.lock.release()
+                holding = False
             except Exception as exc:  # noqa: BLE001 - any failure: reconnect with backoff
+                holding = holding and self.lock.conn is not None
                 # The server's and the socket's words help the operator; any other error
                 # (the database's) may quote message content: its type and place only.
                 said = (f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError | IMAP4.error)
@@ -281,15 +366,23 @@ class ImapIntake:
             log.info("IMAP connected to %s:%s, folder %s", s.host, s.port, s.folder)
             idle = s.idle and client.has_capability("IDLE")
             while not self.stop.is_set():
+                self.lock.check()  # never read on once another daemon may have taken over
                 run_pass(client, self.settings, self.factory, self.clock, self.stop,
                          self.on_commit)
                 if idle:
                     self._idle(client)
                 else:
-                    self.stop.wait(s.poll_interval)
+                    self._wait(s.poll_interval)
         finally:
             with contextlib.suppress(Exception):  # the connection may be gone already
                 client.logout()
+
+    def _wait(self, seconds: float) -> None:
+        """Wait between polls, checking the lock every ``LOCK_CHECK`` seconds."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            self.stop.wait(min(left, LOCK_CHECK))
+            self.lock.check()
 
     def _idle(self, client: IMAPClient) -> None:
         limit = min(self.settings.imap.poll_interval, MAX_IDLE)
@@ -297,9 +390,13 @@ class ImapIntake:
         started = time.monotonic()
         self.idling.set()
         try:
+            checked = started
             while not self.stop.is_set() and time.monotonic() - started < limit:
                 if client.idle_check(timeout=1):
                     break
+                if time.monotonic() - checked >= LOCK_CHECK:
+                    checked = time.monotonic()
+                    self.lock.check()
         finally:
             self.idling.clear()
             client.idle_done()
