@@ -350,13 +350,28 @@ def restore(settings: Settings, source: Path, force: bool, progress: Progress) -
     # Every refusal before anything is written.
     if not force:
         _refuse_if_in_use(settings.database.url, kind, home if gnupg_file else None)
+    staging = None
     if gnupg_file:
         _check_archive(source / gnupg_file)
+        # Unpacked before the database is touched: a GnuPG home that cannot be written
+        # refuses the restore while nothing is changed yet.
+        staging = _stage_gnupg(source / gnupg_file, home, progress)
+    try:
+        return _apply(settings, manifest, kind, source / db_file, force, staging, home,
+                      str(revision), progress)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
+
+def _apply(settings: Settings, manifest: dict[str, Any], kind: str, saved: Path,
+           force: bool, staging: Path | None, home: Path, revision: str,
+           progress: Progress) -> Restored:
+    source = saved
     if kind == "sqlite":
-        _restore_sqlite(source / db_file, db.sqlite_file(settings.database.url), progress)
+        _restore_sqlite(source, db.sqlite_file(settings.database.url), progress)
     else:
-        _restore_postgres(source / db_file, settings.database.url, force, progress)
+        _restore_postgres(source, settings.database.url, force, progress)
     engine = db.make_engine(settings.database.url)
     try:
         now_revision = db.schema_revision(engine) or ""
@@ -375,12 +390,12 @@ def restore(settings: Settings, source: Path, force: bool, progress: Progress) -
         engine.dispose()
 
     previous, entries = None, 0
-    if gnupg_file:
-        previous, entries = _restore_gnupg(source / gnupg_file, home, progress)
+    if staging is not None:
+        previous, entries = _swap_in_gnupg(staging, home, progress)
     return Restored(database=_label(settings.database.url), kind=kind,
                     revision_saved=str(revision), revision_now=now_revision,
                     created_at=str(manifest.get("created_at")), counts=counts,
-                    gnupg_home=str(home) if gnupg_file else "", gnupg_files=entries,
+                    gnupg_home=str(home) if staging is not None else "", gnupg_files=entries,
                     previous_gnupg_home=previous)
 
 
@@ -465,34 +480,47 @@ def _restore_postgres(saved: Path, url: str, force: bool, progress: Progress) ->
     progress("database: restored")
 
 
-def _restore_gnupg(archive: Path, home: Path, progress: Progress) -> tuple[str | None, int]:
-    """Unpack into a new directory beside ``home``, then swap it in; an existing home with
-    data is kept as ``HOME.before-restore-N``."""
-    progress(f"gnupg home: restoring into {home}")
-    home.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=home.parent))
+def _stage_gnupg(archive: Path, home: Path, progress: Progress) -> Path:
+    """Unpack the archive into a new directory beside ``home`` (same file system, so the
+    swap is a rename); the caller removes it."""
+    progress(f"gnupg home: unpacking beside {home}")
+    try:
+        home.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=home.parent))
+    except OSError as exc:
+        raise BackupError(f"cannot create the GnuPG home {home} ({exc.strerror}): "
+                          "correct gnupg.home or make its directory writable by this user; "
+                          "nothing was restored") from exc
     try:
         with tarfile.open(archive, "r") as tar:
-            members = tar.getmembers()
-            tar.extractall(staging, members=members, filter="data")
-        unpacked = staging / "gnupg"
-        unpacked.chmod(0o700)
-        previous = None
-        if home.exists():
-            if any(home.iterdir()):
-                subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
-                               capture_output=True, check=False)
-                n = 1
-                while home.with_name(f"{home.name}.before-restore-{n}").exists():
-                    n += 1
-                aside = home.with_name(f"{home.name}.before-restore-{n}")
-                home.rename(aside)
-                previous = str(aside)
-            else:
-                home.rmdir()
-        unpacked.rename(home)
-    finally:
+            tar.extractall(staging, members=tar.getmembers(), filter="data")
+        (staging / "gnupg").chmod(0o700)
+    except (OSError, tarfile.TarError) as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        raise BackupError(f"cannot unpack the GnuPG home beside {home} "
+                          f"({exc.__class__.__name__}): check the disk has room; nothing "
+                          "was restored") from exc
+    return staging
+
+
+def _swap_in_gnupg(staging: Path, home: Path, progress: Progress) -> tuple[str | None, int]:
+    """Put the unpacked home in place; an existing home with data is kept as
+    ``HOME.before-restore-N``."""
+    unpacked = staging / "gnupg"
+    previous = None
+    if home.exists():
+        if any(home.iterdir()):
+            subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                           capture_output=True, check=False)
+            n = 1
+            while home.with_name(f"{home.name}.before-restore-{n}").exists():
+                n += 1
+            aside = home.with_name(f"{home.name}.before-restore-{n}")
+            home.rename(aside)
+            previous = str(aside)
+        else:
+            home.rmdir()
+    unpacked.rename(home)
     entries = sum(1 for _ in home.rglob("*"))
     progress(f"gnupg home: {entries} entries restored")
     return previous, entries

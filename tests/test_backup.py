@@ -246,3 +246,23 @@ def test_the_backup_timer_units_verify(tmp_path: Path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "seclistd-backup" not in done.stderr, done.stderr
+
+
+def test_a_gnupg_home_that_cannot_be_made_refuses_the_restore_before_the_database(
+        tmp_path: Path):
+    with homes(1) as (project,):
+        project.generate("Example security team", "security@example.org")
+        old, out = _backed_up(tmp_path, project)
+        (tmp_path / "new").mkdir()
+        blocker = tmp_path / "new" / "a-file"
+        blocker.write_text("")
+        path = write_config(tmp_path / "new", gnupg_home=blocker / "gnupg", extra=LISTS)
+        done = cli(path, "restore", str(out), at=MACHINE_CLOCK)
+        assert done.returncode == 1, done.stderr
+        assert "nothing was restored" in done.stderr and "gnupg.home" in done.stderr
+        assert [line for line in done.stderr.splitlines()
+                if not line.startswith("seclistd: gnupg home:")] == [
+            done.stderr.splitlines()[-1]]
+        assert "unexpected" not in done.stderr
+        settings = config.load(str(path))
+        assert not Path(db.sqlite_file(settings.database.url)).exists()  # untouched
