@@ -555,7 +555,42 @@ def run_checks(settings: Settings, now: dt.datetime) -> list[Result]:
                             settings, now))
     results.append(_guarded("python", check_python, settings, now))
     results.append(_guarded("dependencies", check_dependencies, settings, now))
-    return results
+    return _scrubbed(results, settings)
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """The configured secrets, and the base64 forms an AUTH exchange puts them in: a
+    server's or library's text that doctor quotes may echo what it was sent."""
+    import base64
+
+    found = []
+    for user, secret in ((settings.imap.username, settings.imap.password),
+                         (settings.relay.username, settings.relay.password),
+                         ("", settings.gnupg.passphrase)):
+        if secret:
+            found.append(secret)
+            found.append(base64.b64encode(secret.encode()).decode())
+            found.append(base64.b64encode(f"\0{user}\0{secret}".encode()).decode())
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(db.normalise_url(settings.database.url)).password
+    except Exception:  # noqa: BLE001 - a URL doctor cannot parse holds no password to hide
+        password = None
+    if password:
+        found.append(str(password))
+    return sorted({f for f in found if len(f) >= 3}, key=len, reverse=True)
+
+
+def _scrubbed(results: list[Result], settings: Settings) -> list[Result]:
+    secrets = _secrets(settings)
+
+    def clean(value: str) -> str:
+        for secret in secrets:
+            value = value.replace(secret, "[secret]")
+        return value
+
+    return [Result(r.name, r.status, clean(r.detail), clean(r.fix)) for r in results]
 
 
 def _guarded(name: str, check: CheckFn, settings: Settings, now: dt.datetime) -> Result:

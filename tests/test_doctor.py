@@ -334,3 +334,38 @@ def test_member_keys_and_suspended_members(setup: Setup):
     assert "nokey@other.example (distributors): bounces since March" in suspended["detail"]
     assert "members resume" in suspended["fix"]
     assert results["member_keys"]["detail"] == "no active members"
+
+
+def test_a_server_echoing_the_login_does_not_put_the_password_in_doctor(setup: Setup):
+    """A server (or proxy) whose refusal quotes the LOGIN command it got: doctor quotes the
+    refusal, never the password in it."""
+    import socketserver
+    import threading
+    from types import SimpleNamespace
+
+    from tests.components import IMAP_PASSWORD
+
+    class Echo(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
+            for line in self.rfile:
+                tag, _, rest = line.decode().strip().partition(" ")
+                if rest.upper() == "CAPABILITY":
+                    self.wfile.write(f"* CAPABILITY IMAP4rev1\r\n{tag} OK done\r\n".encode())
+                    continue
+                self.wfile.write(f"{tag} NO [AUTHENTICATIONFAILED] got: {rest}\r\n".encode())
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        setup.write(imap=SimpleNamespace(port=server.server_address[1], user="sec"))
+        done = cli(setup.path, "--json", "doctor", at=MACHINE_CLOCK)
+        human = cli(setup.path, "doctor", at=MACHINE_CLOCK)
+    finally:
+        server.shutdown()
+        server.server_close()
+    row = {r["name"]: r for r in json.loads(done.stdout)}["imap"]
+    assert row["status"] == "fail" and "refused" in row["detail"]
+    assert "[secret]" in row["detail"]
+    for out in (done.stdout, done.stderr, human.stdout, human.stderr):
+        assert IMAP_PASSWORD not in out
