@@ -193,7 +193,13 @@ def backup(settings: Settings, dest: Path, now: dt.datetime, progress: Progress,
 
 
 def _prepare_dest(dest: Path) -> None:
+    if dest.is_symlink():
+        raise BackupError(f"{dest} is a symbolic link: name a real directory (the backup "
+                          "holds the secret keys)")
     if dest.exists():
+        if dest.is_dir() and dest.stat().st_uid != os.geteuid():
+            raise BackupError(f"{dest} belongs to another user, who could swap the files "
+                              "written into it: name a directory of this user's, or a new one")
         if not dest.is_dir():
             raise BackupError(f"{dest} is a file: name a new or empty directory", _EXIT_USAGE)
         if any(dest.iterdir()):
@@ -313,6 +319,14 @@ def read_manifest(source: Path) -> dict[str, Any]:
             or not isinstance(manifest.get("database"), dict):
         raise BackupError(f"{source / MANIFEST} is not a manifest of format {FORMAT}: "
                           "use a backup made by this seclistd")
+    gnupg = manifest.get("gnupg")
+    if not all(isinstance(v, str) for v in (manifest["database"].get("kind"),
+                                            manifest["database"].get("file"))) \
+            or not isinstance(gnupg, dict | None) \
+            or not isinstance((gnupg or {}).get("file"), str | None) \
+            or not isinstance(manifest.get("schema_revision"), str | None):
+        raise BackupError(f"{source / MANIFEST} has fields of the wrong kind: the manifest "
+                          "was altered; use another backup")
     for name, entry in manifest["files"].items():
         if not isinstance(name, str) or "/" in name or name.startswith(".") \
                 or not isinstance(entry, dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import stat
 import subprocess
 import uuid
@@ -198,6 +199,16 @@ def test_a_tampered_backup_is_refused_and_nothing_is_written(tmp_path: Path):
         done = target.run("restore", str(out2))
         assert done.returncode == 1 and "gnupg.tar does not match" in done.stderr
 
+        # A manifest whose fields have the wrong kind (its hashes still match).
+        _, out3 = _backed_up(tmp_path / "third", project)
+        manifest = json.loads((out3 / "manifest.json").read_text())
+        manifest["database"]["file"] = ["database.sqlite3"]
+        (out3 / "manifest.json").write_text(json.dumps(manifest))
+        done = target.run("restore", str(out3))
+        assert done.returncode == 1 and "the manifest was altered" in done.stderr
+        assert done.stderr.count("\n") == 1
+        assert not Path(db.sqlite_file(target.settings.database.url)).exists()
+
 
 def test_operator_mistakes_are_one_line_with_the_documented_exit_code(tmp_path: Path):
     with homes(1) as (project,):
@@ -206,6 +217,20 @@ def test_operator_mistakes_are_one_line_with_the_documented_exit_code(tmp_path: 
         busy = old.run("backup", str(out))
         assert busy.returncode == 1 and "not empty" in busy.stderr
         assert busy.stderr.count("\n") == 1
+        # A directory another user owns (who could swap files in it), or a symlink.
+        link = tmp_path / "link"
+        link.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+        refused = [(link, "symbolic link")]
+        foreign = tmp_path / "foreign"
+        foreign.mkdir(mode=0o777)
+        if os.geteuid() == 0:  # only root can give a directory to another user
+            os.chown(foreign, 65534, 65534)  # nobody
+            refused.append((foreign, "belongs to another user"))
+        for where, what in refused:
+            done = old.run("backup", str(where))
+            assert done.returncode == 1 and what in done.stderr, done.stderr
+            assert done.stderr.count("\n") == 1
+        assert not any(foreign.iterdir()) and not (tmp_path / "elsewhere").exists()
         # Not a backup at all.
         (tmp_path / "empty").mkdir()
         for where in (tmp_path / "empty", tmp_path / "missing"):

@@ -77,6 +77,10 @@ def setup_logging(default: str) -> None:
     root.setLevel(level)
     for noisy in ("apscheduler", "mail", "mailparser", "alembic", "imapclient"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # python-gnupg warns of every non-zero gpg exit, which seclistd reads and explains
+    # itself (a key lookup that finds nothing exits 2): its own errors still show.
+    if logging.getLevelName(level) > logging.DEBUG:
+        logging.getLogger("gnupg").setLevel(logging.ERROR)
 
 
 def now() -> dt.datetime:
