@@ -191,10 +191,6 @@ class Daemon:
         finally:
             transport.close()
 
-    def _watchdog(self, interval: float) -> None:
-        while not self.stop.wait(interval):
-            sd_notify("WATCHDOG=1")
-
     def _thread(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
@@ -272,14 +268,21 @@ class Daemon:
         beats = heartbeat.Heartbeat(self.factory, self.clock, intake and intake.lock)
         self._thread("relay", self._relay_loop)
         sd_notify("READY=1")
-        # The watchdog starts only now: systemd must hear READY before the first WATCHDOG.
+        # WATCHDOG=1 comes from this main loop, only after READY, every WATCHDOG_USEC / 2,
+        # and only while the worker threads (IMAP intake, relay) are alive: a stuck loop or a
+        # dead worker stops the pings and systemd restarts the service.
         watchdog_usec = os.environ.get("WATCHDOG_USEC", "")
-        if watchdog_usec.isdigit():
-            self._thread("watchdog", lambda: self._watchdog(int(watchdog_usec) / 2e6))
+        interval = int(watchdog_usec) / 2e6 if watchdog_usec.isdigit() else None
+        workers = list(self.threads)
+        last_ping: float | None = None
         log.info("seclistd running")
         beats.tick()
         while not self.stop.is_set():
-            self.tick.wait(1.0)
+            if interval is not None and all(t.is_alive() for t in workers) and (
+                    last_ping is None or time.monotonic() - last_ping >= interval):
+                sd_notify("WATCHDOG=1")
+                last_ping = time.monotonic()
+            self.tick.wait(1.0 if interval is None else max(0.001, min(1.0, interval)))
             self.tick.clear()
             beats.tick()
             if self.hup.is_set() and not self.stop.is_set():
