@@ -38,7 +38,8 @@ from tests.components import (
 DAEMONS = 3
 BY_IMAP = 150  # first wave, into the mailbox
 BY_LISTENER = 10  # first wave, through each daemon's listener
-SECOND_WAVE = 60  # into the mailbox, while the intake's holder is killed
+SECOND_WAVE = 120  # into the mailbox, while the intake's holder is killed (large enough that a
+# fast holder is still in the middle of it when the kill lands)
 THIRD_WAVE = 10  # into the mailbox once it is dead: only a new holder can take them
 TAKEOVER = "IMAP intake lock taken"
 LIMITS = """
@@ -142,7 +143,7 @@ def test_three_daemons_share_the_work_and_survive_the_intake_holders_death(
     # Second wave: kill the holder once it has stored a part of it.
     before = cluster.stored()
     dovecot.append([report(i) for i in range(total, total + SECOND_WAVE)])
-    wait_for(lambda: cluster.stored() >= before + 10, timeout=30, interval=0.01,
+    wait_for(lambda: cluster.stored() >= before + 3, timeout=30, interval=0.01,
              what="the holder to start on the second wave")
     cluster.procs[holder].send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
